@@ -1,0 +1,116 @@
+//! The [`Environment`] contract: reset with a task, step with an action, close.
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use crate::error::Result;
+use crate::message::Message;
+use crate::task::Task;
+use crate::tool::ToolSpec;
+use crate::trajectory::Episode;
+
+/// The first observation of an episode.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reset {
+    /// The opening messages: usually a system prompt and a user message.
+    pub messages: Vec<Message>,
+    /// The tools the agent may call.
+    pub tools: Vec<ToolSpec>,
+    /// Facts about the episode worth keeping in the trajectory's metadata.
+    pub metadata: Map<String, Value>,
+}
+
+/// The environment's answer to one assistant action.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Step {
+    /// What the environment says back: tool results, a user reply. May be empty.
+    pub messages: Vec<Message>,
+    /// Whether the episode is over (the agent answered).
+    pub done: bool,
+    /// Facts about this step worth keeping in the turn (tool errors, costs…).
+    pub info: Map<String, Value>,
+}
+
+impl Step {
+    /// A step that goes on, answering with `messages`.
+    pub fn next(messages: Vec<Message>) -> Self {
+        Self {
+            messages,
+            ..Self::default()
+        }
+    }
+
+    /// A step that ends the episode, answering with `messages` (often none).
+    pub fn done(messages: Vec<Message>) -> Self {
+        Self {
+            messages,
+            done: true,
+            ..Self::default()
+        }
+    }
+}
+
+/// A world the agent acts in, one episode at a time, in the spirit of gymnasium's
+/// `reset`/`step`.
+///
+/// An environment is trusted: it receives the whole [`Task`], ground truth included, and must
+/// not show the ground truth to the agent. It must not block the async runtime; run blocking work
+/// with `tokio::task::spawn_blocking`. A failure is returned as an error: the rollout driver ends
+/// that episode with [`StopReason::EnvironmentError`](crate::StopReason::EnvironmentError) and
+/// goes on with the others. A panic is caught and treated the same way.
+#[async_trait]
+pub trait Environment: Send {
+    /// Starts an episode of `task`. Random sources must derive from `episode.seed`.
+    async fn reset(&mut self, task: &Task, episode: &Episode) -> Result<Reset>;
+
+    /// Answers the assistant's action.
+    async fn step(&mut self, action: &Message) -> Result<Step>;
+
+    /// Releases what the episode holds. Called once after every episode that was created,
+    /// however it ended.
+    async fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<E: Environment + ?Sized> Environment for Box<E> {
+    async fn reset(&mut self, task: &Task, episode: &Episode) -> Result<Reset> {
+        (**self).reset(task, episode).await
+    }
+
+    async fn step(&mut self, action: &Message) -> Result<Step> {
+        (**self).step(action).await
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        (**self).close().await
+    }
+}
+
+/// Makes one fresh [`Environment`] per episode, so that no state leaks between episodes.
+///
+/// Any `Fn(&Task, &Episode) -> Result<E>` is a factory.
+pub trait EnvironmentFactory: Sync {
+    /// The environment this factory makes.
+    type Env: Environment;
+
+    /// Creates the environment for one episode of `task`.
+    ///
+    /// # Errors
+    /// Whatever stops the environment from being built; the episode then ends with
+    /// [`StopReason::EnvironmentError`](crate::StopReason::EnvironmentError).
+    fn create(&self, task: &Task, episode: &Episode) -> Result<Self::Env>;
+}
+
+impl<F, E> EnvironmentFactory for F
+where
+    F: Fn(&Task, &Episode) -> Result<E> + Sync,
+    E: Environment,
+{
+    type Env = E;
+
+    fn create(&self, task: &Task, episode: &Episode) -> Result<E> {
+        self(task, episode)
+    }
+}

@@ -1,0 +1,519 @@
+//! [`Trajectory`]: what happened in one episode, turn by turn, down to the sampled token ids.
+
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::message::Message;
+use crate::tool::ToolSpec;
+
+/// Why an episode ended. Every episode ends with exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The environment declared the episode done (the agent gave its final answer).
+    Answered,
+    /// The turn limit was reached before the episode was done.
+    MaxTurns,
+    /// A token budget (of the turn or of the trajectory) ran out.
+    TokenBudgetExhausted,
+    /// The conversation no longer fits the agent's context window.
+    ContextOverflow,
+    /// The environment failed (an error or a panic while creating, resetting or stepping it).
+    EnvironmentError,
+    /// The agent failed (an error, a panic, or an invalid action).
+    AgentError,
+    /// The episode's wall-clock limit passed.
+    Timeout,
+    /// The episode was cancelled from outside.
+    Aborted,
+}
+
+impl StopReason {
+    /// Every variant, in declaration order.
+    pub const ALL: [StopReason; 8] = [
+        StopReason::Answered,
+        StopReason::MaxTurns,
+        StopReason::TokenBudgetExhausted,
+        StopReason::ContextOverflow,
+        StopReason::EnvironmentError,
+        StopReason::AgentError,
+        StopReason::Timeout,
+        StopReason::Aborted,
+    ];
+
+    /// The snake_case name, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Answered => "answered",
+            StopReason::MaxTurns => "max_turns",
+            StopReason::TokenBudgetExhausted => "token_budget_exhausted",
+            StopReason::ContextOverflow => "context_overflow",
+            StopReason::EnvironmentError => "environment_error",
+            StopReason::AgentError => "agent_error",
+            StopReason::Timeout => "timeout",
+            StopReason::Aborted => "aborted",
+        }
+    }
+
+    /// Whether the episode was cut by a length limit (tokens or context), so its last turn is
+    /// incomplete.
+    pub fn is_truncation(self) -> bool {
+        matches!(
+            self,
+            StopReason::TokenBudgetExhausted | StopReason::ContextOverflow
+        )
+    }
+
+    /// Whether the episode failed (an error, a timeout or an abort) rather than ending by the
+    /// rules of the task.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            StopReason::EnvironmentError
+                | StopReason::AgentError
+                | StopReason::Timeout
+                | StopReason::Aborted
+        )
+    }
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the agent's generation of one turn ended, as the agent reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    /// The turn ended naturally (a stop token or the end of the message).
+    #[default]
+    Stop,
+    /// The turn's token budget ran out mid-message.
+    Length,
+    /// The context window ran out mid-message, or before generation could start.
+    ContextOverflow,
+}
+
+/// Which episode of which group: the sample index and the seed everything random derives from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Episode {
+    /// The sample's index within its group (0 for a single episode).
+    pub index: usize,
+    /// The episode seed, for the environment's and the agent's random sources.
+    pub seed: u64,
+}
+
+/// A phase of an episode, to say where it stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Creating the environment from its factory.
+    Create,
+    /// Resetting the environment with the task.
+    Reset,
+    /// The agent choosing its action.
+    Act,
+    /// The environment answering the action.
+    Step,
+    /// Closing the environment.
+    Close,
+}
+
+/// What ended an episode outside its normal course (or what its close produced).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpisodeError {
+    /// Where it happened.
+    pub phase: Phase,
+    /// The error's message, with its source chain.
+    pub message: String,
+    /// Whether it was a caught panic.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub panicked: bool,
+}
+
+/// The token-level record of one assistant turn, from a trainable agent.
+///
+/// The ids of a turn are its `prompt_ids` (what the chat template adds before generation: the
+/// environment's messages since the last turn and the assistant header) followed by its
+/// `sampled_ids` (what the policy generated). Concatenating the records of a segment gives the
+/// exact training sequence, so the trainer never re-tokenizes text.
+///
+/// When a chat template rewrites earlier turns, the sequence cannot simply be extended: the turn
+/// then [starts a new segment](TokenRecord::starts_segment) and its `prompt_ids` hold the whole
+/// re-rendered prompt. The first record of a trajectory always starts a segment.
+///
+/// Invariants, checked on construction and on deserialization: `logprobs` and `loss_mask` have
+/// one entry per sampled id, `behaviour_logprobs` too when present, and every logprob is finite.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "TokenRecordRepr", into = "TokenRecordRepr")]
+pub struct TokenRecord {
+    starts_segment: bool,
+    prompt_ids: Vec<u32>,
+    sampled_ids: Vec<u32>,
+    logprobs: Vec<f32>,
+    behaviour_logprobs: Option<Vec<f32>>,
+    loss_mask: Vec<bool>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRecordRepr {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    starts_segment: bool,
+    prompt_ids: Vec<u32>,
+    sampled_ids: Vec<u32>,
+    logprobs: Vec<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    behaviour_logprobs: Option<Vec<f32>>,
+    loss_mask: Vec<bool>,
+}
+
+impl TryFrom<TokenRecordRepr> for TokenRecord {
+    type Error = Error;
+    fn try_from(r: TokenRecordRepr) -> Result<Self> {
+        let record = TokenRecord {
+            starts_segment: r.starts_segment,
+            prompt_ids: r.prompt_ids,
+            sampled_ids: r.sampled_ids,
+            logprobs: r.logprobs,
+            behaviour_logprobs: r.behaviour_logprobs,
+            loss_mask: r.loss_mask,
+        };
+        record.validate()?;
+        Ok(record)
+    }
+}
+
+impl From<TokenRecord> for TokenRecordRepr {
+    fn from(r: TokenRecord) -> Self {
+        Self {
+            starts_segment: r.starts_segment,
+            prompt_ids: r.prompt_ids,
+            sampled_ids: r.sampled_ids,
+            logprobs: r.logprobs,
+            behaviour_logprobs: r.behaviour_logprobs,
+            loss_mask: r.loss_mask,
+        }
+    }
+}
+
+impl TokenRecord {
+    /// A record that extends the current segment: the prompt delta, the sampled ids and their
+    /// policy logprobs. The loss mask covers every sampled id.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTokenRecord`] when the lengths differ or a logprob is not finite.
+    pub fn new(prompt_ids: Vec<u32>, sampled_ids: Vec<u32>, logprobs: Vec<f32>) -> Result<Self> {
+        let loss_mask = vec![true; sampled_ids.len()];
+        let record = Self {
+            starts_segment: false,
+            prompt_ids,
+            sampled_ids,
+            logprobs,
+            behaviour_logprobs: None,
+            loss_mask,
+        };
+        record.validate()?;
+        Ok(record)
+    }
+
+    /// Marks this record as the start of a new segment: `prompt_ids` is then a whole prompt.
+    #[must_use]
+    pub fn starting_segment(mut self) -> Self {
+        self.starts_segment = true;
+        self
+    }
+
+    /// Replaces the loss mask (one entry per sampled id; `false` for tokens that were forced,
+    /// not sampled).
+    ///
+    /// # Errors
+    /// [`Error::InvalidTokenRecord`] when the length differs from the sampled ids'.
+    pub fn with_loss_mask(mut self, loss_mask: Vec<bool>) -> Result<Self> {
+        self.loss_mask = loss_mask;
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Adds the logprobs under the behaviour (sampling) distribution, when top-p or top-k made
+    /// it differ from the policy distribution.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTokenRecord`] when the length differs or a value is not finite.
+    pub fn with_behaviour_logprobs(mut self, logprobs: Vec<f32>) -> Result<Self> {
+        self.behaviour_logprobs = Some(logprobs);
+        self.validate()?;
+        Ok(self)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let n = self.sampled_ids.len();
+        if self.logprobs.len() != n {
+            return Err(Error::token_record(format!(
+                "{} logprobs for {n} sampled ids",
+                self.logprobs.len()
+            )));
+        }
+        if self.loss_mask.len() != n {
+            return Err(Error::token_record(format!(
+                "{} loss-mask entries for {n} sampled ids",
+                self.loss_mask.len()
+            )));
+        }
+        check_finite("logprobs", &self.logprobs)?;
+        if let Some(b) = &self.behaviour_logprobs {
+            if b.len() != n {
+                return Err(Error::token_record(format!(
+                    "{} behaviour logprobs for {n} sampled ids",
+                    b.len()
+                )));
+            }
+            check_finite("behaviour_logprobs", b)?;
+        }
+        Ok(())
+    }
+
+    /// Whether this turn starts a new training sequence.
+    pub fn starts_segment(&self) -> bool {
+        self.starts_segment
+    }
+
+    /// The ids added before generation (the whole prompt when starting a segment).
+    pub fn prompt_ids(&self) -> &[u32] {
+        &self.prompt_ids
+    }
+
+    /// The ids the policy generated.
+    pub fn sampled_ids(&self) -> &[u32] {
+        &self.sampled_ids
+    }
+
+    /// The policy logprob of each sampled id (temperature-scaled full softmax).
+    pub fn logprobs(&self) -> &[f32] {
+        &self.logprobs
+    }
+
+    /// The sampling distribution's logprob of each sampled id, when it differed from the policy.
+    pub fn behaviour_logprobs(&self) -> Option<&[f32]> {
+        self.behaviour_logprobs.as_deref()
+    }
+
+    /// Which sampled ids are trained on.
+    pub fn loss_mask(&self) -> &[bool] {
+        &self.loss_mask
+    }
+}
+
+fn check_finite(what: &str, values: &[f32]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(Error::token_record(format!(
+            "{what}[{i}] is {}, not a finite number",
+            values[i]
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// One assistant turn and the environment's answer to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    /// The assistant's message (its text and tool calls).
+    pub action: Message,
+    /// What the environment answered (tool results, user replies). Empty when the episode
+    /// stopped before the environment stepped.
+    pub observations: Vec<Message>,
+    /// How the agent's generation ended.
+    pub finish: Finish,
+    /// The tokens the agent reports it used for this turn, if it knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_used: Option<usize>,
+    /// The token budget the agent was given for this turn, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_budget: Option<usize>,
+    /// The token-level record, from a trainable agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenRecord>,
+    /// Facts the environment reported about this step.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub info: Map<String, Value>,
+    /// Microseconds the agent took.
+    pub agent_us: u64,
+    /// Microseconds the environment took to step.
+    pub env_us: u64,
+}
+
+/// Wall-clock totals of an episode, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Timing {
+    /// From the start of the episode to the end of its close.
+    pub total_us: u64,
+    /// Time spent in the agent.
+    pub agent_us: u64,
+    /// Time spent in the environment (create, reset, steps and close).
+    pub env_us: u64,
+}
+
+/// Everything that happened in one episode.
+///
+/// The conversation is the environment's first observation ([`Trajectory::prompt`]) followed by,
+/// for each turn, the assistant's action and the environment's observations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trajectory {
+    /// The id of the task.
+    pub task_id: String,
+    /// Which sample, with which seed.
+    pub episode: Episode,
+    /// The environment's first observation: system prompt, user message.
+    pub prompt: Vec<Message>,
+    /// The tools advertised to the agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolSpec>,
+    /// The turns, in order.
+    pub turns: Vec<Turn>,
+    /// Why the episode ended.
+    pub stop: StopReason,
+    /// What stopped the episode outside its normal course: an error, a panic, a timeout, an
+    /// abort, or an agent that overran its token budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<EpisodeError>,
+    /// An error from closing the environment, kept apart so that it never hides the stop reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_error: Option<EpisodeError>,
+    /// Wall-clock totals.
+    pub timing: Timing,
+    /// Free metadata (the environment's and the caller's).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub metadata: Map<String, Value>,
+}
+
+impl Trajectory {
+    /// An empty trajectory for a task's episode, stopped as `Aborted` until told otherwise.
+    pub fn new(task_id: impl Into<String>, episode: Episode) -> Self {
+        Self {
+            task_id: task_id.into(),
+            episode,
+            prompt: Vec::new(),
+            tools: Vec::new(),
+            turns: Vec::new(),
+            stop: StopReason::Aborted,
+            error: None,
+            close_error: None,
+            timing: Timing::default(),
+            metadata: Map::new(),
+        }
+    }
+
+    /// The whole conversation: the prompt, then each turn's action and observations.
+    pub fn messages(&self) -> Vec<Message> {
+        let mut out = self.prompt.clone();
+        for turn in &self.turns {
+            out.push(turn.action.clone());
+            out.extend(turn.observations.iter().cloned());
+        }
+        out
+    }
+
+    /// The last assistant message, where the final answer is looked for.
+    pub fn final_action(&self) -> Option<&Message> {
+        self.turns.last().map(|t| &t.action)
+    }
+
+    /// The tokens used over all turns whose count is known.
+    pub fn tokens_used(&self) -> usize {
+        self.turns.iter().filter_map(|t| t.tokens_used).sum()
+    }
+
+    /// The number of tool calls the agent made.
+    pub fn tool_calls(&self) -> usize {
+        self.turns.iter().map(|t| t.action.tool_calls.len()).sum()
+    }
+
+    /// Whether any turn carries a token record.
+    pub fn has_token_records(&self) -> bool {
+        self.turns.iter().any(|t| t.tokens.is_some())
+    }
+
+    /// The training sequences of this trajectory, one per segment, built from the token records
+    /// alone. A trajectory without records has none.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTokenRecord`] when some turns have records and others do not, or when the
+    /// first record does not start a segment.
+    pub fn sequences(&self) -> Result<Vec<TrainingSequence>> {
+        if !self.has_token_records() {
+            return Ok(Vec::new());
+        }
+        let mut out: Vec<TrainingSequence> = Vec::new();
+        for (i, turn) in self.turns.iter().enumerate() {
+            let record = turn.tokens.as_ref().ok_or_else(|| {
+                Error::token_record(format!("turn {i} has no token record but others do"))
+            })?;
+            if record.starts_segment || out.is_empty() {
+                if !record.starts_segment {
+                    return Err(Error::token_record(
+                        "the first token record does not start a segment",
+                    ));
+                }
+                out.push(TrainingSequence {
+                    turns: i..i,
+                    ..TrainingSequence::default()
+                });
+            }
+            let seq = out.last_mut().expect("a segment was pushed above");
+            seq.push_turn(i, record);
+        }
+        Ok(out)
+    }
+}
+
+/// One training sequence built from the token records of consecutive turns.
+///
+/// `ids`, `loss_mask`, `logprobs` and `behaviour_logprobs` have the same length. Prompt
+/// positions have mask `false` and logprob 0; sampled positions carry their record's mask and
+/// logprobs.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TrainingSequence {
+    /// The turns this sequence covers.
+    pub turns: Range<usize>,
+    /// The token ids, in order.
+    pub ids: Vec<u32>,
+    /// Which positions are trained on.
+    pub loss_mask: Vec<bool>,
+    /// The stored policy logprob at each position.
+    pub logprobs: Vec<f32>,
+    /// The sampling distribution's logprob at each position: the record's behaviour logprobs
+    /// where it has them, else its policy logprobs (sampling was not truncated).
+    pub behaviour_logprobs: Vec<f32>,
+}
+
+impl TrainingSequence {
+    fn push_turn(&mut self, index: usize, record: &TokenRecord) {
+        let prompt_len = record.prompt_ids.len();
+        self.turns.end = index + 1;
+        self.ids.extend_from_slice(&record.prompt_ids);
+        self.ids.extend_from_slice(&record.sampled_ids);
+        self.loss_mask
+            .extend(std::iter::repeat_n(false, prompt_len));
+        self.loss_mask.extend_from_slice(&record.loss_mask);
+        self.logprobs.extend(std::iter::repeat_n(0.0, prompt_len));
+        self.logprobs.extend_from_slice(&record.logprobs);
+        self.behaviour_logprobs
+            .extend(std::iter::repeat_n(0.0, prompt_len));
+        self.behaviour_logprobs.extend_from_slice(
+            record
+                .behaviour_logprobs
+                .as_deref()
+                .unwrap_or(&record.logprobs),
+        );
+    }
+
+    /// The number of positions trained on.
+    pub fn trained_tokens(&self) -> usize {
+        self.loss_mask.iter().filter(|m| **m).count()
+    }
+}
