@@ -1,0 +1,423 @@
+//! The rollout driver: one test per stop reason, and the failures around them.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{Faults, Move, Probe, ScriptedAgent, TestEnv, answer, call, task};
+use mtrl_core::{
+    Action, Finish, Limits, Message, Phase, Role, RolloutDriver, StopReason, TokenRecord,
+    Trajectory,
+};
+
+fn driver(limits: Limits) -> RolloutDriver {
+    RolloutDriver::new(limits)
+}
+
+async fn run(limits: Limits, faults: Faults, agent: &ScriptedAgent) -> (Trajectory, Arc<Probe>) {
+    let probe = Arc::new(Probe::default());
+    let mut env = TestEnv::new(faults, probe.clone());
+    let d = driver(limits);
+    let t = task("t1");
+    let episode = d.episode(&t, 0);
+    let trajectory = d.run_episode(agent, &mut env, &t, episode).await;
+    (trajectory, probe)
+}
+
+#[tokio::test]
+async fn answered_when_the_environment_says_done() {
+    let agent = ScriptedAgent::new(vec![call("a"), call("b"), answer("the answer")]);
+    let (t, probe) = run(Limits::default(), Faults::default(), &agent).await;
+    assert_eq!(t.stop, StopReason::Answered);
+    assert!(t.error.is_none());
+    assert_eq!(t.turns.len(), 3);
+    assert_eq!(t.turns[0].observations.len(), 1);
+    assert_eq!(t.turns[0].observations[0].role, Role::Tool);
+    assert!(t.turns[2].observations.is_empty());
+    assert_eq!(t.final_action().unwrap().content, "the answer");
+    assert_eq!(t.tokens_used(), 25);
+    assert_eq!(t.tool_calls(), 2);
+    assert_eq!(t.prompt.len(), 2);
+    assert_eq!(t.tools.len(), 1);
+    // The reset metadata is kept.
+    assert_eq!(t.metadata["seed"], serde_json::json!(t.episode.seed));
+    // prompt + (action + observation) * 2 + final action
+    assert_eq!(t.messages().len(), 2 + 4 + 1);
+    assert_eq!(probe.closed.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn max_turns_when_the_agent_never_answers() {
+    let agent = ScriptedAgent::new(vec![call("a"); 10]);
+    let limits = Limits {
+        max_turns: 3,
+        ..Limits::default()
+    };
+    let (t, probe) = run(limits, Faults::default(), &agent).await;
+    assert_eq!(t.stop, StopReason::MaxTurns);
+    assert_eq!(t.turns.len(), 3);
+    assert!(t.turns.iter().all(|turn| !turn.observations.is_empty()));
+    assert_eq!(probe.closed.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_answer_on_the_last_allowed_turn_is_answered() {
+    let agent = ScriptedAgent::new(vec![call("a"), answer("x")]);
+    let limits = Limits {
+        max_turns: 2,
+        ..Limits::default()
+    };
+    let (t, _) = run(limits, Faults::default(), &agent).await;
+    assert_eq!(t.stop, StopReason::Answered);
+}
+
+#[tokio::test]
+async fn token_budget_exhausted_when_the_trajectory_budget_is_spent() {
+    // Each call uses 10 tokens and 20 are allowed: after two turns nothing is left.
+    let agent = ScriptedAgent::new(vec![call("a"), call("b"), call("c")]);
+    let limits = Limits {
+        max_tokens_per_trajectory: Some(20),
+        ..Limits::default()
+    };
+    let (t, _) = run(limits, Faults::default(), &agent).await;
+    assert_eq!(t.stop, StopReason::TokenBudgetExhausted);
+    assert_eq!(t.turns.len(), 2, "stops exactly when nothing is left");
+    assert_eq!(t.turns[1].token_budget, Some(10));
+    assert!(t.error.is_none());
+}
+
+#[tokio::test]
+async fn token_budget_exhausted_when_a_turn_is_cut_by_length() {
+    let cut = Action::new(Message::assistant("<tool_call>{\"na"))
+        .with_tokens_used(10)
+        .with_finish(Finish::Length);
+    let agent = ScriptedAgent::new(vec![call("a"), Move::Act(cut)]);
+    let limits = Limits {
+        max_tokens_per_turn: Some(10),
+        max_tokens_per_trajectory: Some(100),
+        ..Limits::default()
+    };
+    let (t, _) = run(limits, Faults::default(), &agent).await;
+    assert_eq!(t.stop, StopReason::TokenBudgetExhausted);
+    assert_eq!(t.turns.len(), 2);
+    let last = &t.turns[1];
+    assert_eq!(last.finish, Finish::Length);
+    assert!(last.observations.is_empty(), "a cut turn is not stepped");
+    assert_eq!(last.token_budget, Some(10), "the per-turn cap was binding");
+}
+
+#[tokio::test]
+async fn an_agent_that_overruns_its_budget_is_stopped_and_explained() {
+    let greedy = Action::new(Message::assistant("way too long")).with_tokens_used(50);
+    let agent = ScriptedAgent::new(vec![Move::Act(greedy)]);
+    let limits = Limits {
+        max_tokens_per_turn: Some(16),
+        ..Limits::default()
+    };
+    let (t, _) = run(limits, Faults::default(), &agent).await;
+    assert_eq!(t.stop, StopReason::TokenBudgetExhausted);
+    assert_eq!(t.turns.len(), 1);
+    let err = t.error.unwrap();
+    assert_eq!(err.phase, Phase::Act);
+    assert!(err.message.contains("50 tokens"), "{}", err.message);
+}
+
+#[tokio::test]
+async fn budgets_given_to_the_agent_shrink_as_tokens_are_used() {
+    let agent = ScriptedAgent::new(vec![call("a"), call("b"), answer("x")]);
+    let limits = Limits {
+        max_turns: 5,
+        max_tokens_per_turn: Some(12),
+        max_tokens_per_trajectory: Some(30),
+        ..Limits::default()
+    };
+    let (t, _) = run(limits, Faults::default(), &agent).await;
+    assert_eq!(t.stop, StopReason::Answered);
+    let budgets: Vec<_> = t.turns.iter().map(|turn| turn.token_budget).collect();
+    assert_eq!(budgets, vec![Some(12), Some(12), Some(10)]);
+}
+
+#[tokio::test]
+async fn context_overflow_is_reported_by_the_agent() {
+    let overflow = Action::new(Message::assistant(""))
+        .with_tokens_used(0)
+        .with_finish(Finish::ContextOverflow);
+    let agent = ScriptedAgent::new(vec![call("a"), Move::Act(overflow)]);
+    let (t, probe) = run(Limits::default(), Faults::default(), &agent).await;
+    assert_eq!(t.stop, StopReason::ContextOverflow);
+    assert!(t.stop.is_truncation());
+    assert_eq!(t.turns.len(), 2);
+    assert_eq!(probe.closed.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn environment_error_in_step_keeps_the_turn_and_the_error() {
+    let agent = ScriptedAgent::new(vec![call("a"), call("b"), answer("x")]);
+    let faults = Faults {
+        step_error_at: Some(1),
+        ..Faults::default()
+    };
+    let (t, probe) = run(Limits::default(), faults, &agent).await;
+    assert_eq!(t.stop, StopReason::EnvironmentError);
+    assert_eq!(t.turns.len(), 2, "the action that failed is kept");
+    assert!(t.turns[1].observations.is_empty());
+    let err = t.error.unwrap();
+    assert_eq!(err.phase, Phase::Step);
+    assert!(!err.panicked);
+    assert!(
+        err.message.contains("tool backend down at turn 1"),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        probe.closed.load(Ordering::SeqCst),
+        1,
+        "closed even on error"
+    );
+}
+
+#[tokio::test]
+async fn environment_error_in_reset() {
+    let agent = ScriptedAgent::new(vec![answer("x")]);
+    let faults = Faults {
+        reset_error: true,
+        ..Faults::default()
+    };
+    let (t, probe) = run(Limits::default(), faults, &agent).await;
+    assert_eq!(t.stop, StopReason::EnvironmentError);
+    assert!(t.turns.is_empty());
+    assert_eq!(t.error.unwrap().phase, Phase::Reset);
+    assert_eq!(probe.closed.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_panic_in_the_environment_is_caught() {
+    let agent = ScriptedAgent::new(vec![call("a"), answer("x")]);
+    let faults = Faults {
+        step_panic_at: Some(0),
+        ..Faults::default()
+    };
+    let (t, probe) = run(Limits::default(), faults, &agent).await;
+    assert_eq!(t.stop, StopReason::EnvironmentError);
+    let err = t.error.unwrap();
+    assert!(err.panicked);
+    assert_eq!(err.phase, Phase::Step);
+    assert!(
+        err.message.contains("tool crashed at turn 0"),
+        "{}",
+        err.message
+    );
+    assert_eq!(probe.closed.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_panic_in_reset_is_caught() {
+    let agent = ScriptedAgent::new(vec![answer("x")]);
+    let faults = Faults {
+        reset_panic: true,
+        ..Faults::default()
+    };
+    let (t, _) = run(Limits::default(), faults, &agent).await;
+    assert_eq!(t.stop, StopReason::EnvironmentError);
+    let err = t.error.unwrap();
+    assert_eq!(err.phase, Phase::Reset);
+    assert!(err.panicked);
+}
+
+#[tokio::test]
+async fn agent_error_ends_the_episode() {
+    let agent = ScriptedAgent::new(vec![call("a"), Move::Fail("model server 503".into())]);
+    let (t, probe) = run(Limits::default(), Faults::default(), &agent).await;
+    assert_eq!(t.stop, StopReason::AgentError);
+    assert_eq!(t.turns.len(), 1);
+    let err = t.error.unwrap();
+    assert_eq!(err.phase, Phase::Act);
+    assert!(err.message.contains("model server 503"), "{}", err.message);
+    assert_eq!(probe.closed.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_panic_in_the_agent_is_an_agent_error() {
+    let agent = ScriptedAgent::new(vec![Move::Panic]);
+    let (t, _) = run(Limits::default(), Faults::default(), &agent).await;
+    assert_eq!(t.stop, StopReason::AgentError);
+    let err = t.error.unwrap();
+    assert!(err.panicked);
+    assert!(err.message.contains("the policy exploded"));
+}
+
+#[tokio::test]
+async fn an_action_that_is_not_an_assistant_message_is_an_agent_error() {
+    let agent = ScriptedAgent::new(vec![Move::Act(Action::new(Message::user("hi")))]);
+    let (t, _) = run(Limits::default(), Faults::default(), &agent).await;
+    assert_eq!(t.stop, StopReason::AgentError);
+    assert!(t.turns.is_empty());
+    assert!(t.error.unwrap().message.contains("user message"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_while_the_environment_steps() {
+    let agent = ScriptedAgent::new(vec![call("a"), answer("x")]);
+    let faults = Faults {
+        step_delay: Some(Duration::from_secs(60)),
+        ..Faults::default()
+    };
+    let limits = Limits {
+        timeout: Some(Duration::from_secs(5)),
+        ..Limits::default()
+    };
+    let (t, probe) = run(limits, faults, &agent).await;
+    assert_eq!(t.stop, StopReason::Timeout);
+    let err = t.error.unwrap();
+    assert_eq!(err.phase, Phase::Step);
+    assert!(err.message.contains("5000 ms"), "{}", err.message);
+    assert_eq!(t.turns.len(), 1, "the turn in flight is kept");
+    assert_eq!(
+        probe.closed.load(Ordering::SeqCst),
+        1,
+        "closed after a timeout"
+    );
+    assert!(t.timing.total_us >= 5_000_000 && t.timing.total_us < 6_000_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_while_the_agent_thinks() {
+    let slow = Move::Sleep(
+        Duration::from_secs(30),
+        Action::new(Message::assistant("late")),
+    );
+    let agent = ScriptedAgent::new(vec![call("a"), slow]);
+    let limits = Limits {
+        timeout: Some(Duration::from_secs(10)),
+        ..Limits::default()
+    };
+    let (t, _) = run(limits, Faults::default(), &agent).await;
+    assert_eq!(t.stop, StopReason::Timeout);
+    assert_eq!(t.error.unwrap().phase, Phase::Act);
+    assert_eq!(t.turns.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn aborted_from_outside_mid_episode() {
+    let agent = ScriptedAgent::new(vec![call("a"), answer("x")]);
+    let faults = Faults {
+        step_delay: Some(Duration::from_secs(3600)),
+        ..Faults::default()
+    };
+    let probe = Arc::new(Probe::default());
+    let mut env = TestEnv::new(faults, probe.clone());
+    let d = driver(Limits::default());
+    let signal = d.abort_signal().clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        signal.abort();
+    });
+    let t1 = task("t1");
+    let t = d
+        .run_episode(&agent, &mut env, &t1, d.episode(&t1, 0))
+        .await;
+    assert_eq!(t.stop, StopReason::Aborted);
+    assert_eq!(t.error.unwrap().phase, Phase::Step);
+    assert_eq!(
+        probe.closed.load(Ordering::SeqCst),
+        1,
+        "closed after an abort"
+    );
+}
+
+#[tokio::test]
+async fn an_aborted_driver_starts_no_episode() {
+    let agent = ScriptedAgent::new(vec![answer("x")]);
+    let probe = Arc::new(Probe::default());
+    let p = probe.clone();
+    let factory = move |_: &mtrl_core::Task, _: &mtrl_core::Episode| {
+        Ok(TestEnv::new(Faults::default(), p.clone()))
+    };
+    let d = driver(Limits::default());
+    d.abort_signal().abort();
+    let group = d.run_group(&agent, &factory, &task("t1"), 3).await;
+    assert_eq!(group.len(), 3);
+    assert!(group.iter().all(|t| t.stop == StopReason::Aborted));
+    assert_eq!(probe.created.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_close_error_is_recorded_without_hiding_the_stop_reason() {
+    let agent = ScriptedAgent::new(vec![answer("x")]);
+    let faults = Faults {
+        close_error: true,
+        ..Faults::default()
+    };
+    let (t, _) = run(Limits::default(), faults, &agent).await;
+    assert_eq!(t.stop, StopReason::Answered);
+    assert!(t.error.is_none());
+    let close = t.close_error.unwrap();
+    assert_eq!(close.phase, Phase::Close);
+    assert!(close.message.contains("could not delete the sandbox"));
+}
+
+#[tokio::test]
+async fn a_panic_in_close_is_caught() {
+    let agent = ScriptedAgent::new(vec![answer("x")]);
+    let faults = Faults {
+        close_panic: true,
+        ..Faults::default()
+    };
+    let (t, _) = run(Limits::default(), faults, &agent).await;
+    assert_eq!(t.stop, StopReason::Answered);
+    assert!(t.close_error.unwrap().panicked);
+}
+
+#[tokio::test]
+async fn factory_errors_and_panics_are_environment_errors() {
+    let agent = ScriptedAgent::new(vec![answer("x")]);
+    let d = driver(Limits::default());
+    let failing = |_: &mtrl_core::Task, _: &mtrl_core::Episode| -> mtrl_core::Result<TestEnv> {
+        Err(mtrl_core::Error::environment("no sandbox quota"))
+    };
+    let t = d
+        .run_with(&agent, &failing, &task("t1"), d.episode(&task("t1"), 0))
+        .await;
+    assert_eq!(t.stop, StopReason::EnvironmentError);
+    let err = t.error.unwrap();
+    assert_eq!(err.phase, Phase::Create);
+    assert!(err.message.contains("no sandbox quota"));
+
+    let panicking = |_: &mtrl_core::Task, _: &mtrl_core::Episode| -> mtrl_core::Result<TestEnv> {
+        panic!("factory exploded")
+    };
+    let t = d
+        .run_with(&agent, &panicking, &task("t1"), d.episode(&task("t1"), 0))
+        .await;
+    assert_eq!(t.stop, StopReason::EnvironmentError);
+    assert!(t.error.unwrap().panicked);
+}
+
+#[tokio::test]
+async fn token_records_are_carried_into_the_turns() {
+    let record = TokenRecord::new(vec![1, 2, 3], vec![7, 8], vec![-0.5, -0.25])
+        .unwrap()
+        .starting_segment();
+    let act = Action::new(Message::assistant("hi")).with_token_record(record.clone());
+    let agent = ScriptedAgent::new(vec![Move::Act(act)]);
+    let (t, _) = run(Limits::default(), Faults::default(), &agent).await;
+    assert_eq!(t.stop, StopReason::Answered);
+    assert_eq!(t.turns[0].tokens.as_ref(), Some(&record));
+    assert_eq!(t.turns[0].tokens_used, Some(2));
+}
+
+#[test]
+fn every_stop_reason_has_a_distinct_name_and_class() {
+    let names: std::collections::BTreeSet<_> = StopReason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(names.len(), StopReason::ALL.len());
+    for r in StopReason::ALL {
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(json, format!("\"{}\"", r.as_str()));
+        assert_eq!(serde_json::from_str::<StopReason>(&json).unwrap(), r);
+        assert!(!(r.is_failure() && r.is_truncation()));
+    }
+    assert!(!StopReason::Answered.is_failure());
+    assert!(StopReason::Timeout.is_failure());
+}
