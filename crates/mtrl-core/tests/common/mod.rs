@@ -84,7 +84,10 @@ impl Environment for TestEnv {
         Ok(Reset {
             messages: vec![
                 Message::system("Follow the procedure."),
-                Message::user(format!("Handle {}", task.inputs()["key"])),
+                Message::user(format!(
+                    "Handle {}",
+                    serde_json::Value::Object(task.inputs().clone())
+                )),
             ],
             tools: vec![lookup_spec()],
             metadata,
