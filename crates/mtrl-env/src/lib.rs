@@ -1,15 +1,23 @@
 //! # mtrl-env
 //!
-//! Environments for mtrl: simulated tools with production schemas, the wrappers that compose
-//! around any [`mtrl_core::Environment`], and SOP-Bench. It depends only on `mtrl-core`.
+//! Environments for mtrl that look like production and never touch it: simulated tools with
+//! production schemas, driven by recorded data or isolated per-episode state, and wrappers that
+//! compose around any [`mtrl_core::Environment`]. It depends only on `mtrl-core`.
 //!
-//! This crate is at its start: today it holds its error type, and the tool environments come
-//! next.
+//! - [`ToolEnvironment`]: serves [`Tool`]s, validating arguments strictly against their JSON
+//!   Schemas and answering malformed calls with structured errors the model can recover from.
+//! - [`EpisodeSources`]: the seeded random, clock and uuid sources tools must use.
+//! - [`layers`]: a per-step time limit, seeded fault injection, a recorder and replayer, and
+//!   tool-output truncation, composed with [`EnvironmentExt::layer`].
 
-/// Errors of mtrl-env.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// An error from mtrl-core's types or contracts.
-    #[error(transparent)]
-    Core(#[from] mtrl_core::Error),
-}
+pub mod error;
+pub mod layers;
+pub mod sources;
+pub mod tool;
+pub mod tool_env;
+
+pub use error::{Error, Result};
+pub use layers::{EnvironmentExt, Layer};
+pub use sources::EpisodeSources;
+pub use tool::{FnTool, Tool, ToolContext, ToolOutput, tool_fn};
+pub use tool_env::{ToolEnvironment, ToolEnvironmentBuilder, ToolEnvironmentFactory, Validation};

@@ -1,0 +1,41 @@
+//! The error type of mtrl-env.
+
+/// Errors of mtrl-env.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An error from mtrl-core's types or contracts.
+    #[error(transparent)]
+    Core(#[from] mtrl_core::Error),
+    /// A tool's parameters are not a JSON Schema that can be compiled.
+    #[error("tool `{tool}`: invalid parameters schema: {reason}")]
+    InvalidSchema {
+        /// The tool.
+        tool: String,
+        /// What the schema compiler said.
+        reason: String,
+    },
+    /// Two tools share a name.
+    #[error("the tool name `{0}` is registered twice")]
+    DuplicateTool(String),
+    /// A recorded session does not match what is being replayed.
+    #[error("replay: {0}")]
+    Replay(String),
+    /// JSON encoding or decoding failed.
+    #[error("JSON error: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Reading or writing failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<Error> for mtrl_core::Error {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Core(core) => core,
+            other => mtrl_core::Error::environment(other),
+        }
+    }
+}
+
+/// The result type of mtrl-env.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,471 @@
+//! [`ToolEnvironment`]: an [`Environment`] over a registry of simulated tools.
+
+use std::collections::{BTreeSet, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use mtrl_core::{
+    Environment, EnvironmentFactory, Episode, Message, Reset, Step, Task, ToolCall, ToolSpec,
+    async_trait,
+};
+use serde_json::{Map, Value, json};
+
+use crate::error::{Error, Result};
+use crate::sources::EpisodeSources;
+use crate::tool::{Tool, ToolContext, ToolOutput};
+
+/// How arguments are checked before a tool runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Validation {
+    /// Validate against the tool's JSON Schema, and refuse arguments the schema does not
+    /// declare. The default, and the mode training uses.
+    #[default]
+    Strict,
+    /// Only require a JSON object; the tool sees whatever the model sent.
+    Lenient,
+}
+
+type PromptFn = dyn Fn(&Task, &[ToolSpec]) -> mtrl_core::Result<Vec<Message>> + Send + Sync;
+type StateFn<S> = dyn Fn(&Task, &mut EpisodeSources) -> mtrl_core::Result<S> + Send + Sync;
+type TeardownFn<S> = dyn Fn(S) + Send + Sync;
+
+struct Entry<S> {
+    tool: Arc<dyn Tool<S>>,
+    validator: jsonschema::Validator,
+    /// The declared argument names; `None` when the schema declares none.
+    declared: Option<BTreeSet<String>>,
+}
+
+struct Shared<S> {
+    entries: Vec<Entry<S>>,
+    index: HashMap<String, usize>,
+    advertised: Vec<ToolSpec>,
+    validation: Validation,
+    prompt: Box<PromptFn>,
+    state: Box<StateFn<S>>,
+    teardown: Option<Box<TeardownFn<S>>>,
+}
+
+/// Builds a [`ToolEnvironmentFactory`]: the tools, the validation mode, the opening prompt and,
+/// for stateful tools, how each episode's state is made and torn down.
+pub struct ToolEnvironmentBuilder<S = ()> {
+    tools: Vec<(Arc<dyn Tool<S>>, bool)>,
+    validation: Validation,
+    prompt: Box<PromptFn>,
+    state: Box<StateFn<S>>,
+    teardown: Option<Box<TeardownFn<S>>>,
+}
+
+impl Default for ToolEnvironmentBuilder<()> {
+    fn default() -> Self {
+        Self::with_state(|_, _| Ok(()))
+    }
+}
+
+impl ToolEnvironmentBuilder<()> {
+    /// A builder for stateless tools.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<S: Send + 'static> ToolEnvironmentBuilder<S> {
+    /// A builder for tools that work on per-episode state `S`, made by `make` at every reset
+    /// from the task and the episode's seeded sources. Each episode has its own state; nothing
+    /// is shared between episodes.
+    pub fn with_state<F>(make: F) -> Self
+    where
+        F: Fn(&Task, &mut EpisodeSources) -> mtrl_core::Result<S> + Send + Sync + 'static,
+    {
+        Self {
+            tools: Vec::new(),
+            validation: Validation::Strict,
+            prompt: Box::new(default_prompt),
+            state: Box::new(make),
+            teardown: None,
+        }
+    }
+
+    /// Runs `teardown` on the state when the episode ends: at close, or when the environment is
+    /// dropped without being closed (a failed or cancelled episode).
+    #[must_use]
+    pub fn teardown<F>(mut self, teardown: F) -> Self
+    where
+        F: Fn(S) + Send + Sync + 'static,
+    {
+        self.teardown = Some(Box::new(teardown));
+        self
+    }
+
+    /// Adds an advertised tool.
+    #[must_use]
+    pub fn tool(mut self, tool: impl Tool<S> + 'static) -> Self {
+        self.tools.push((Arc::new(tool), true));
+        self
+    }
+
+    /// Adds a tool that is served but not advertised to the agent (to model an upstream that
+    /// serves more than it documents; the audit reports it).
+    #[must_use]
+    pub fn hidden_tool(mut self, tool: impl Tool<S> + 'static) -> Self {
+        self.tools.push((Arc::new(tool), false));
+        self
+    }
+
+    /// Sets the validation mode (strict by default).
+    #[must_use]
+    pub fn validation(mut self, validation: Validation) -> Self {
+        self.validation = validation;
+        self
+    }
+
+    /// Sets how the opening messages are made from the task and the advertised tools. The
+    /// default is a short system message and the task inputs as JSON in a user message.
+    #[must_use]
+    pub fn prompt<F>(mut self, prompt: F) -> Self
+    where
+        F: Fn(&Task, &[ToolSpec]) -> mtrl_core::Result<Vec<Message>> + Send + Sync + 'static,
+    {
+        self.prompt = Box::new(prompt);
+        self
+    }
+
+    /// Compiles every tool's schema and checks that names are unique.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSchema`] for a schema that does not compile, [`Error::DuplicateTool`]
+    /// for a repeated name.
+    pub fn build(self) -> Result<ToolEnvironmentFactory<S>> {
+        let mut entries = Vec::with_capacity(self.tools.len());
+        let mut index = HashMap::new();
+        let mut advertised = Vec::new();
+        for (tool, is_advertised) in self.tools {
+            let spec = tool.spec().clone();
+            let name = spec.name().to_string();
+            if index.insert(name.clone(), entries.len()).is_some() {
+                return Err(Error::DuplicateTool(name));
+            }
+            let validator =
+                jsonschema::validator_for(spec.parameters()).map_err(|e| Error::InvalidSchema {
+                    tool: name.clone(),
+                    reason: e.to_string(),
+                })?;
+            let declared = spec
+                .parameters()
+                .get("properties")
+                .and_then(Value::as_object)
+                .map(|p| p.keys().cloned().collect());
+            if is_advertised {
+                advertised.push(spec);
+            }
+            entries.push(Entry {
+                tool,
+                validator,
+                declared,
+            });
+        }
+        Ok(ToolEnvironmentFactory(Arc::new(Shared {
+            entries,
+            index,
+            advertised,
+            validation: self.validation,
+            prompt: self.prompt,
+            state: self.state,
+            teardown: self.teardown,
+        })))
+    }
+}
+
+fn default_prompt(task: &Task, _tools: &[ToolSpec]) -> mtrl_core::Result<Vec<Message>> {
+    Ok(vec![
+        Message::system(
+            "Complete the task by calling the tools you are given. When you are done, reply \
+             with your final answer and no tool call.",
+        ),
+        Message::user(Value::Object(task.inputs().clone()).to_string()),
+    ])
+}
+
+/// Makes one fresh [`ToolEnvironment`] per episode; cheap to clone and share.
+pub struct ToolEnvironmentFactory<S = ()>(Arc<Shared<S>>);
+
+impl<S> Clone for ToolEnvironmentFactory<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<S: Send + 'static> ToolEnvironmentFactory<S> {
+    /// A new environment, not yet reset.
+    pub fn environment(&self) -> ToolEnvironment<S> {
+        ToolEnvironment {
+            shared: self.0.clone(),
+            episode: None,
+        }
+    }
+
+    /// The advertised tools, in registration order.
+    pub fn advertised(&self) -> &[ToolSpec] {
+        &self.0.advertised
+    }
+
+    /// The names of every served tool, advertised or not.
+    pub fn served(&self) -> impl Iterator<Item = &str> {
+        self.0.entries.iter().map(|e| e.tool.spec().name())
+    }
+}
+
+impl<S: Send + 'static> EnvironmentFactory for ToolEnvironmentFactory<S> {
+    type Env = ToolEnvironment<S>;
+
+    fn create(&self, _task: &Task, _episode: &Episode) -> mtrl_core::Result<Self::Env> {
+        Ok(self.environment())
+    }
+}
+
+struct EpisodeData<S> {
+    task: Task,
+    state: Option<S>,
+    sources: EpisodeSources,
+}
+
+/// An environment that serves simulated tools.
+///
+/// Each assistant message is answered tool call by tool call, in order, with one tool message
+/// each. A message without tool calls is the final answer and ends the episode. Malformed calls
+/// (an unknown tool, arguments that are not JSON or break the schema) are answered with a
+/// structured error the model can read, and the episode goes on:
+///
+/// ```json
+/// {"error": {"type": "missing_argument", "tool": "getOrder", "message": "…",
+///            "problems": [{"type": "missing_argument", "argument": "order_id", "message": "…"}]}}
+/// ```
+///
+/// The error types are `unknown_tool`, `invalid_json`, `missing_argument`,
+/// `unexpected_argument`, `wrong_type`, `invalid_value` and `invalid_arguments` (several kinds at
+/// once). Each step's `info` holds `tool_results`: one `{"call_id", "tool", "ok", "error"}` per
+/// call. A panicking tool ends the episode with an environment error.
+pub struct ToolEnvironment<S = ()> {
+    shared: Arc<Shared<S>>,
+    episode: Option<EpisodeData<S>>,
+}
+
+impl<S> ToolEnvironment<S> {
+    /// Ends the running episode, if any, tearing its state down.
+    fn end_episode(&mut self) {
+        if let Some(mut episode) = self.episode.take() {
+            if let (Some(state), Some(teardown)) = (episode.state.take(), &self.shared.teardown) {
+                teardown(state);
+            }
+        }
+    }
+}
+
+impl<S: Send + 'static> ToolEnvironment<S> {
+    /// Starts an episode without the async machinery (what [`Environment::reset`] does).
+    ///
+    /// # Errors
+    /// What the prompt or state functions return.
+    pub fn reset_sync(&mut self, task: &Task, episode: &Episode) -> mtrl_core::Result<Reset> {
+        self.end_episode();
+        let mut sources = EpisodeSources::new(episode.seed);
+        let state = (self.shared.state)(task, &mut sources)?;
+        let messages = (self.shared.prompt)(task, &self.shared.advertised)?;
+        self.episode = Some(EpisodeData {
+            task: task.clone(),
+            state: Some(state),
+            sources,
+        });
+        Ok(Reset {
+            messages,
+            tools: self.shared.advertised.clone(),
+            metadata: Map::new(),
+        })
+    }
+
+    /// Runs one tool call through the whole path: find the tool, parse and validate the
+    /// arguments, run it.
+    ///
+    /// # Errors
+    /// [`mtrl_core::Error::Environment`] when no episode is running or the tool panicked.
+    pub fn call_tool(&mut self, call: &ToolCall) -> mtrl_core::Result<ToolOutput> {
+        let shared = &*self.shared;
+        let episode = self
+            .episode
+            .as_mut()
+            .ok_or_else(|| mtrl_core::Error::environment("step called before reset"))?;
+        let Some(&i) = shared.index.get(&call.name) else {
+            let available: Vec<&str> = shared.advertised.iter().map(ToolSpec::name).collect();
+            return Ok(ToolOutput::error_with(
+                "unknown_tool",
+                format!(
+                    "there is no tool named `{}`; the tools are: {}",
+                    call.name,
+                    available.join(", ")
+                ),
+                tool_field(&call.name),
+            ));
+        };
+        let entry = &shared.entries[i];
+        let parsed: Value = match serde_json::from_str(&call.arguments) {
+            Ok(v) => v,
+            Err(e) => {
+                return Ok(ToolOutput::error_with(
+                    "invalid_json",
+                    format!("the arguments are not valid JSON: {e}"),
+                    tool_field(&call.name),
+                ));
+            }
+        };
+        let Value::Object(args) = &parsed else {
+            return Ok(ToolOutput::error_with(
+                "wrong_type",
+                format!("the arguments must be a JSON object, got {parsed}"),
+                tool_field(&call.name),
+            ));
+        };
+        if shared.validation == Validation::Strict {
+            if let Some(output) = strict_problems(entry, &call.name, &parsed, args) {
+                return Ok(output);
+            }
+        }
+        let state = episode
+            .state
+            .as_mut()
+            .ok_or_else(|| mtrl_core::Error::environment("the episode state was torn down"))?;
+        let mut cx = ToolContext {
+            state,
+            sources: &mut episode.sources,
+            task: &episode.task,
+        };
+        std::panic::catch_unwind(AssertUnwindSafe(|| entry.tool.call(args, &mut cx))).map_err(
+            |payload| {
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string panic".into());
+                mtrl_core::Error::environment(format!("tool `{}` panicked: {msg}", call.name))
+            },
+        )
+    }
+
+    /// Answers one assistant message (what [`Environment::step`] does).
+    ///
+    /// # Errors
+    /// As [`ToolEnvironment::call_tool`].
+    pub fn step_sync(&mut self, action: &Message) -> mtrl_core::Result<Step> {
+        if self.episode.is_none() {
+            return Err(mtrl_core::Error::environment("step called before reset"));
+        }
+        if action.tool_calls.is_empty() {
+            return Ok(Step::done(Vec::new()));
+        }
+        let mut messages = Vec::with_capacity(action.tool_calls.len());
+        let mut results = Vec::with_capacity(action.tool_calls.len());
+        for call in &action.tool_calls {
+            let output = self.call_tool(call)?;
+            results.push(json!({
+                "call_id": call.id, "tool": call.name, "ok": !output.is_error,
+                "error": output.error_kind,
+            }));
+            messages.push(Message::tool(&call.id, &call.name, output.text));
+        }
+        let mut step = Step::next(messages);
+        step.info
+            .insert("tool_results".into(), Value::Array(results));
+        Ok(step)
+    }
+}
+
+fn tool_field(name: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("tool".into(), Value::String(name.to_string()));
+    m
+}
+
+/// The structured error for arguments that break the tool's schema, or `None` when they are
+/// valid.
+fn strict_problems<S>(
+    entry: &Entry<S>,
+    tool: &str,
+    parsed: &Value,
+    args: &Map<String, Value>,
+) -> Option<ToolOutput> {
+    let undeclared = |k: &String| entry.declared.as_ref().is_some_and(|d| !d.contains(k));
+    if entry.validator.is_valid(parsed) && !args.keys().any(undeclared) {
+        return None;
+    }
+    let mut problems: Vec<(String, String, String)> = Vec::new();
+    for key in args.keys().filter(|k| undeclared(k)) {
+        problems.push((
+            "unexpected_argument".into(),
+            key.clone(),
+            format!("`{key}` is not an argument of `{tool}`"),
+        ));
+    }
+    for err in entry.validator.iter_errors(parsed) {
+        use jsonschema::error::ValidationErrorKind as K;
+        let path = err.instance_path().to_string();
+        let argument = path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let (kind, argument, message) = match err.kind() {
+            // Reported above for every undeclared key, whatever the schema says.
+            K::AdditionalProperties { .. } => continue,
+            K::Required { property } => {
+                let name = property.as_str().unwrap_or_default().to_string();
+                let msg = format!("the required argument `{name}` is missing");
+                ("missing_argument", name, msg)
+            }
+            K::Type { .. } => ("wrong_type", argument, format!("{path}: {err}")),
+            _ => ("invalid_value", argument, format!("{path}: {err}")),
+        };
+        problems.push((kind.into(), argument, message));
+    }
+    let first = problems.first()?;
+    let kind = if problems.iter().all(|p| p.0 == first.0) {
+        first.0.clone()
+    } else {
+        "invalid_arguments".to_string()
+    };
+    let message = problems
+        .iter()
+        .map(|p| p.2.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut extra = tool_field(tool);
+    extra.insert(
+        "problems".into(),
+        problems
+            .iter()
+            .map(|(k, a, m)| json!({"type": k, "argument": a, "message": m}))
+            .collect(),
+    );
+    Some(ToolOutput::error_with(kind, message, extra))
+}
+
+impl<S> Drop for ToolEnvironment<S> {
+    fn drop(&mut self) {
+        self.end_episode();
+    }
+}
+
+#[async_trait]
+impl<S: Send + 'static> Environment for ToolEnvironment<S> {
+    async fn reset(&mut self, task: &Task, episode: &Episode) -> mtrl_core::Result<Reset> {
+        self.reset_sync(task, episode)
+    }
+
+    async fn step(&mut self, action: &Message) -> mtrl_core::Result<Step> {
+        self.step_sync(action)
+    }
+
+    async fn close(&mut self) -> mtrl_core::Result<()> {
+        self.end_episode();
+        Ok(())
+    }
+}

@@ -1,0 +1,349 @@
+//! The wrappers: time limit, fault injection, recorder and replayer, truncation.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mtrl_core::{
+    Action, Agent, Environment, Episode, Limits, Message, Result as CoreResult, RolloutDriver,
+    StopReason, Task, ToolCall, ToolSpec, Trajectory, TurnContext, async_trait,
+};
+use mtrl_env::layers::{
+    EnvironmentFactoryExt, FaultInjection, RecordEntry, Recorder, Replayer, Side, TimeLimit,
+    TruncateOutputs,
+};
+use mtrl_env::{
+    EnvironmentExt, ToolContext, ToolEnvironmentBuilder, ToolEnvironmentFactory, ToolOutput,
+    tool_fn,
+};
+use serde_json::{Value, json};
+
+/// `echo` returns its text; `slow` sleeps the given seconds.
+fn tools() -> ToolEnvironmentFactory {
+    let echo = tool_fn(
+        ToolSpec::new(
+            "echo",
+            "Echoes.",
+            json!({"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}),
+        )
+        .unwrap(),
+        |args, _: &mut ToolContext<'_, ()>| ToolOutput::text(args["text"].as_str().unwrap()),
+    );
+    ToolEnvironmentBuilder::new().tool(echo).build().unwrap()
+}
+
+/// An environment whose steps take a while.
+struct Slow(Duration);
+
+#[async_trait]
+impl Environment for Slow {
+    async fn reset(&mut self, _: &Task, _: &Episode) -> CoreResult<mtrl_core::Reset> {
+        Ok(Default::default())
+    }
+    async fn step(&mut self, _: &Message) -> CoreResult<mtrl_core::Step> {
+        tokio::time::sleep(self.0).await;
+        Ok(mtrl_core::Step::done(vec![]))
+    }
+}
+
+fn task(id: &str) -> Task {
+    Task::new(id, json!({}), json!(null)).unwrap()
+}
+
+fn echo_calls(texts: &[&str]) -> Message {
+    Message::assistant_with_calls(
+        "",
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ToolCall::new(format!("c{i}"), "echo", &json!({"text": t})))
+            .collect(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_limit_fails_slow_steps_only() {
+    let mut slow = Slow(Duration::from_secs(10)).layer(TimeLimit::new(Duration::from_secs(2)));
+    slow.reset(&task("t"), &Episode::default()).await.unwrap();
+    let err = slow.step(&Message::assistant("x")).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("exceeded the time limit of 2000 ms"),
+        "{err}"
+    );
+
+    let mut quick = Slow(Duration::from_secs(1)).layer(TimeLimit::new(Duration::from_secs(2)));
+    quick.reset(&task("t"), &Episode::default()).await.unwrap();
+    assert!(quick.step(&Message::assistant("x")).await.unwrap().done);
+}
+
+#[tokio::test]
+async fn fault_injection_fails_calls_at_the_rate_and_keeps_order() {
+    let all = tools().layer(FaultInjection::new(1).tool_errors(1.0));
+    let mut env =
+        mtrl_core::EnvironmentFactory::create(&all, &task("t"), &Episode::default()).unwrap();
+    env.reset(&task("t"), &Episode::default()).await.unwrap();
+    let step = env.step(&echo_calls(&["a", "b"])).await.unwrap();
+    assert_eq!(step.messages.len(), 2);
+    for m in &step.messages {
+        let v: Value = serde_json::from_str(&m.content).unwrap();
+        assert_eq!(v["error"]["type"], "tool_unavailable");
+    }
+    assert_eq!(step.info["injected_faults"], json!(["c0", "c1"]));
+
+    // At 50%, some calls pass and some fail, each answered in call order.
+    let half = tools().layer(FaultInjection::new(3).tool_errors(0.5));
+    let texts: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let run = |seed: u64| {
+        let half = half.clone();
+        let action = echo_calls(&refs);
+        async move {
+            let ep = Episode { index: 0, seed };
+            let mut env = mtrl_core::EnvironmentFactory::create(&half, &task("t"), &ep).unwrap();
+            env.reset(&task("t"), &ep).await.unwrap();
+            env.step(&action).await.unwrap()
+        }
+    };
+    let a = run(9).await;
+    let injected = a.info["injected_faults"].as_array().unwrap().len();
+    assert!(
+        (8..=32).contains(&injected),
+        "{injected} of 40 failed at rate 0.5"
+    );
+    for (i, m) in a.messages.iter().enumerate() {
+        assert_eq!(m.tool_call_id.as_deref(), Some(format!("c{i}").as_str()));
+        let failed = a.info["injected_faults"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(format!("c{i}")));
+        if !failed {
+            assert_eq!(m.content, format!("t{i}"));
+        }
+    }
+    // Same episode seed, same faults; another seed, other faults.
+    assert_eq!(run(9).await, a);
+    assert_ne!(run(10).await.info, a.info);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fault_injection_delays_steps() {
+    let delayed = tools().layer(FaultInjection::new(1).delays(1.0, Duration::from_secs(3)));
+    let mut env =
+        mtrl_core::EnvironmentFactory::create(&delayed, &task("t"), &Episode::default()).unwrap();
+    env.reset(&task("t"), &Episode::default()).await.unwrap();
+    let start = tokio::time::Instant::now();
+    env.step(&echo_calls(&["a"])).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+}
+
+struct EchoAgent;
+
+#[async_trait]
+impl Agent for EchoAgent {
+    async fn act(&self, ctx: &TurnContext<'_>) -> CoreResult<Action> {
+        Ok(Action::new(match ctx.turn_index() {
+            0 => echo_calls(&[ctx.task.id(), "second"]),
+            1 => echo_calls(&["third"]),
+            _ => Message::assistant("done"),
+        }))
+    }
+}
+
+#[tokio::test]
+async fn injected_panics_end_only_their_episode() {
+    let factory = tools().layer(FaultInjection::new(5).panics(0.25));
+    let tasks: Vec<Task> = (0..16).map(|i| task(&format!("t{i}"))).collect();
+    let driver = RolloutDriver::new(Limits::default());
+    let groups = driver.run_batch(&EchoAgent, &factory, &tasks, 1).await;
+    let all: Vec<&Trajectory> = groups.iter().flatten().collect();
+    assert_eq!(all.len(), 16);
+    let panicked = all
+        .iter()
+        .filter(|t| t.stop == StopReason::EnvironmentError)
+        .count();
+    assert!(panicked > 0 && panicked < 16, "{panicked} of 16 panicked");
+    for t in &all {
+        match t.stop {
+            StopReason::Answered => assert!(t.error.is_none()),
+            StopReason::EnvironmentError => {
+                let e = t.error.as_ref().unwrap();
+                assert!(e.panicked && e.message.contains("injected fault"));
+            }
+            other => panic!("unexpected stop {other}"),
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn strip_timing(mut groups: Vec<Vec<Trajectory>>) -> Vec<Trajectory> {
+    groups
+        .drain(..)
+        .flatten()
+        .map(|mut t| {
+            t.timing = Default::default();
+            for turn in &mut t.turns {
+                turn.agent_us = 0;
+                turn.env_us = 0;
+                turn.info.clear();
+            }
+            t
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_recording_replays_to_the_same_transcripts() {
+    let buf = SharedBuf::default();
+    let recorded = tools().layer(Recorder::new(buf.clone()));
+    let tasks: Vec<Task> = (0..3).map(|i| task(&format!("t{i}"))).collect();
+    let driver = RolloutDriver::new(Limits::default()).with_seed(11);
+    let live = strip_timing(driver.run_batch(&EchoAgent, &recorded, &tasks, 2).await);
+
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let entries: Vec<RecordEntry> = mtrl_core::from_jsonl_str(&text).unwrap();
+    // 6 episodes: a reset and three steps each.
+    assert_eq!(entries.len(), 6 * 4);
+    let steps: Vec<&RecordEntry> = entries
+        .iter()
+        .filter(|e| matches!(e, RecordEntry::Step { .. }))
+        .collect();
+    assert_eq!(steps.len(), 18);
+    assert!(text.contains(r#""name":"echo""#) && text.contains("third"));
+
+    let replayer = Replayer::from_jsonl(text.as_bytes()).unwrap();
+    let replayed = strip_timing(driver.run_batch(&EchoAgent, &replayer, &tasks, 2).await);
+    assert_eq!(replayed, live);
+}
+
+#[tokio::test]
+async fn a_replay_that_diverges_is_an_error_naming_the_turn() {
+    let buf = SharedBuf::default();
+    let recorded = tools().layer(Recorder::new(buf.clone()));
+    let driver = RolloutDriver::new(Limits::default());
+    driver
+        .run_batch(&EchoAgent, &recorded, &[task("t0")], 1)
+        .await;
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let replayer = Replayer::from_jsonl(text.as_bytes()).unwrap();
+
+    struct Other;
+    #[async_trait]
+    impl Agent for Other {
+        async fn act(&self, ctx: &TurnContext<'_>) -> CoreResult<Action> {
+            Ok(Action::new(match ctx.turn_index() {
+                0 => echo_calls(&["t0", "second"]),
+                _ => echo_calls(&["something else"]),
+            }))
+        }
+    }
+    let t = &driver.run_batch(&Other, &replayer, &[task("t0")], 1).await[0][0];
+    assert_eq!(t.stop, StopReason::EnvironmentError);
+    let msg = &t.error.as_ref().unwrap().message;
+    assert!(msg.contains("turn 1 diverged"), "{msg}");
+    assert!(
+        msg.contains("third") && msg.contains("something else"),
+        "{msg}"
+    );
+
+    // A task or seed that was never recorded.
+    let t = &driver
+        .run_batch(&EchoAgent, &replayer, &[task("t9")], 1)
+        .await[0][0];
+    assert_eq!(t.stop, StopReason::EnvironmentError);
+    assert!(
+        t.error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("no recorded session for task `t9`")
+    );
+}
+
+#[test]
+fn truncation_keeps_the_chosen_side_within_the_budget() {
+    let text: String = (0..300)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    for (side, keeps_start, keeps_end) in [
+        (Side::Right, true, false),
+        (Side::Left, false, true),
+        (Side::Middle, true, true),
+    ] {
+        let cut = TruncateOutputs::new(100, side).truncate(&text).unwrap();
+        assert_eq!(cut.chars().count(), 100, "{side:?}: {cut}");
+        let marker = cut.find("…[").expect("the cut is marked");
+        let stated: usize = cut[marker + "…[".len()..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let marker_len = format!("…[{stated} characters cut]…").chars().count();
+        assert_eq!(
+            stated,
+            300 - (100 - marker_len),
+            "{side:?}: the marker states the cut"
+        );
+        assert_eq!(cut.starts_with("abc"), keeps_start, "{side:?}");
+        assert_eq!(cut.ends_with(&text[290..]), keeps_end, "{side:?}");
+    }
+    assert_eq!(TruncateOutputs::new(300, Side::Right).truncate(&text), None);
+    // Multi-byte text is cut on character boundaries; a tiny budget cuts hard.
+    let wide = "é🦀".repeat(50);
+    let cut = TruncateOutputs::new(30, Side::Middle)
+        .truncate(&wide)
+        .unwrap();
+    assert_eq!(cut.chars().count(), 30);
+    assert_eq!(
+        TruncateOutputs::new(3, Side::Right)
+            .truncate(&wide)
+            .unwrap(),
+        "é🦀é"
+    );
+}
+
+#[tokio::test]
+async fn truncation_layer_cuts_tool_messages_and_says_so() {
+    let factory = tools().layer(TruncateOutputs::new(40, Side::Right));
+    let mut env =
+        mtrl_core::EnvironmentFactory::create(&factory, &task("t"), &Episode::default()).unwrap();
+    env.reset(&task("t"), &Episode::default()).await.unwrap();
+    let long = "x".repeat(500);
+    let step = env.step(&echo_calls(&["short", &long])).await.unwrap();
+    assert_eq!(step.messages[0].content, "short");
+    assert_eq!(step.messages[1].content.chars().count(), 40);
+    assert_eq!(
+        step.info["truncated_outputs"],
+        json!([{"call_id": "c1", "original_chars": 500, "kept_chars": 40}])
+    );
+}
+
+#[tokio::test]
+async fn layers_compose() {
+    let buf = SharedBuf::default();
+    let factory = tools()
+        .layer(TruncateOutputs::new(40, Side::Left))
+        .layer(Recorder::new(buf.clone()))
+        .layer(TimeLimit::new(Duration::from_secs(5)));
+    let driver = RolloutDriver::new(Limits::default());
+    let t = &driver
+        .run_batch(&EchoAgent, &factory, &[task(&"long-id-".repeat(10))], 1)
+        .await[0][0];
+    assert_eq!(t.stop, StopReason::Answered);
+    // The recorder sits outside the truncation, so it saw the cut text.
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("characters cut"), "{text}");
+}
