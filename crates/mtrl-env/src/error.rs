@@ -17,6 +17,14 @@ pub enum Error {
     /// Two tools share a name.
     #[error("the tool name `{0}` is registered twice")]
     DuplicateTool(String),
+    /// A tool binding (or the table it reads) is malformed.
+    #[error("binding {what}: {reason}")]
+    Binding {
+        /// Which binding, tool or file.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A recorded session does not match what is being replayed.
     #[error("replay: {0}")]
     Replay(String),

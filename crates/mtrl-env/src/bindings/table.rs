@@ -1,0 +1,192 @@
+//! The lookup table of a binding: a CSV file read the way `pandas.read_csv` reads it, each column
+//! converted by its declared dtype.
+
+use std::sync::Arc;
+
+use super::value::Py;
+use crate::error::{Error, Result};
+
+/// pandas' default NA tokens.
+const NA_TOKENS: [&str; 19] = [
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+];
+const TRUE_TOKENS: [&str; 3] = ["True", "TRUE", "true"];
+const FALSE_TOKENS: [&str; 3] = ["False", "FALSE", "false"];
+
+/// The dtype of a table column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    /// Text; NA cells are float NaN.
+    Str,
+    /// numpy int64 (never NA).
+    Int64,
+    /// numpy float64; NA cells are NaN.
+    Float64,
+    /// numpy bool.
+    Bool,
+    /// Python bools, or float NaN for NA cells.
+    BoolOrNan,
+}
+
+impl Dtype {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "str" => Dtype::Str,
+            "int64" => Dtype::Int64,
+            "float64" => Dtype::Float64,
+            "bool" => Dtype::Bool,
+            "bool_or_nan" => Dtype::BoolOrNan,
+            _ => return None,
+        })
+    }
+}
+
+/// A parsed table: its columns with their dtypes, and its rows of typed cells.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub(crate) columns: Vec<(String, Dtype)>,
+    pub(crate) rows: Vec<Vec<Py>>,
+}
+
+impl Table {
+    /// Parses CSV text whose header must equal `columns` (names in file order).
+    ///
+    /// # Errors
+    /// [`Error::Binding`] naming `what` for a header that differs, a short row, or a cell its
+    /// dtype cannot hold.
+    pub fn parse(what: &str, text: &str, columns: &[(String, Dtype)]) -> Result<Self> {
+        let bad = |reason: String| Error::Binding {
+            what: what.to_string(),
+            reason,
+        };
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(text.as_bytes());
+        let mut records = reader.records();
+        let header = match records.next() {
+            Some(r) => r.map_err(|e| bad(format!("CSV error: {e}")))?,
+            None => return Err(bad("the table is empty".into())),
+        };
+        let mut names: Vec<String> = header.iter().map(str::to_string).collect();
+        if names.first().is_some_and(String::is_empty) {
+            names[0] = "Unnamed: 0".into();
+        }
+        let expected: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+        if names != expected {
+            return Err(bad(format!(
+                "the header {names:?} differs from the binding's columns {expected:?}"
+            )));
+        }
+        let mut rows = Vec::new();
+        for (i, record) in records.enumerate() {
+            let record = record.map_err(|e| bad(format!("CSV error: {e}")))?;
+            if record.len() != columns.len() {
+                return Err(bad(format!(
+                    "row {i} has {} cells for {} columns",
+                    record.len(),
+                    columns.len()
+                )));
+            }
+            let mut row = Vec::with_capacity(columns.len());
+            for (text, (name, dtype)) in record.iter().zip(columns) {
+                let cell = convert(text, *dtype).ok_or_else(|| {
+                    bad(format!(
+                        "row {i}, column `{name}`: {text:?} is not a {dtype:?}"
+                    ))
+                })?;
+                row.push(cell);
+            }
+            rows.push(row);
+        }
+        Ok(Self {
+            columns: columns.to_vec(),
+            rows,
+        })
+    }
+
+    /// The number of rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether the table has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The index of a column.
+    pub fn column(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|(n, _)| n == name)
+    }
+
+    /// The column names, in file order.
+    pub fn column_names(&self) -> impl Iterator<Item = &str> {
+        self.columns.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// The cell at `row`, `column`.
+    pub fn cell(&self, row: usize, column: usize) -> Option<&Py> {
+        self.rows.get(row).and_then(|r| r.get(column))
+    }
+}
+
+fn convert(text: &str, dtype: Dtype) -> Option<Py> {
+    let na = NA_TOKENS.contains(&text);
+    Some(match dtype {
+        Dtype::Str if na => Py::Float(f64::NAN),
+        Dtype::Str => Py::Str(Arc::from(text)),
+        Dtype::Int64 => Py::NpInt(text.parse().ok()?),
+        Dtype::Float64 if na => Py::NpFloat(f64::NAN),
+        Dtype::Float64 => Py::NpFloat(text.trim().parse().ok()?),
+        Dtype::Bool => Py::NpBool(parse_bool(text)?),
+        Dtype::BoolOrNan if na => Py::Float(f64::NAN),
+        Dtype::BoolOrNan => Py::Bool(parse_bool(text)?),
+    })
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    if TRUE_TOKENS.contains(&text) {
+        Some(true)
+    } else if FALSE_TOKENS.contains(&text) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_follow_their_dtypes() {
+        let cols = vec![
+            (String::from("Unnamed: 0"), Dtype::Int64),
+            ("name".into(), Dtype::Str),
+            ("score".into(), Dtype::Float64),
+            ("ok".into(), Dtype::Bool),
+            ("ready".into(), Dtype::BoolOrNan),
+        ];
+        let csv = ",name,score,ok,ready\n0,\"a, \"\"b\"\"\",0.1,TRUE,\n1,None,,false,True\n";
+        let t = Table::parse("test", csv, &cols).unwrap();
+        assert_eq!(t.len(), 2);
+        assert!(matches!(&t.rows[0][1], Py::Str(s) if &**s == "a, \"b\""));
+        assert!(matches!(t.rows[0][2], Py::NpFloat(f) if f == 0.1));
+        assert!(matches!(t.rows[0][3], Py::NpBool(true)));
+        assert!(t.rows[0][4].is_nan());
+        assert!(t.rows[1][1].is_nan(), "the text None is NA");
+        assert!(matches!(t.rows[1][2], Py::NpFloat(f) if f.is_nan()));
+        assert!(matches!(t.rows[1][4], Py::Bool(true)));
+    }
+
+    #[test]
+    fn bad_tables_are_typed_errors() {
+        let cols = vec![(String::from("n"), Dtype::Int64)];
+        assert!(Table::parse("t", "m\n1\n", &cols).is_err());
+        assert!(Table::parse("t", "n\nx\n", &cols).is_err());
+        assert!(Table::parse("t", "n\n1,2\n", &cols).is_err());
+        assert!(Table::parse("t", "", &cols).is_err());
+    }
+}
