@@ -25,6 +25,28 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The data source (a directory or the hub) could not provide what was asked.
+    #[error("source: {0}")]
+    Source(String),
+    /// A SOP-Bench domain is unusable as upstream ships it.
+    #[error("SOP-Bench {domain}: {diagnostic}")]
+    Upstream {
+        /// The domain.
+        domain: String,
+        /// What is broken upstream, and why.
+        diagnostic: String,
+    },
+    /// Training was asked for on a domain whose licence forbids it.
+    #[error(
+        "SOP-Bench {domain} is evaluation-only: its licence forbids facilitating model training \
+         ({reason}); pass an explicit override to train on it anyway"
+    )]
+    EvaluationOnly {
+        /// The domain.
+        domain: String,
+        /// The licence condition.
+        reason: String,
+    },
     /// A recorded session does not match what is being replayed.
     #[error("replay: {0}")]
     Replay(String),

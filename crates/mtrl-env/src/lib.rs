@@ -13,6 +13,7 @@
 pub mod bindings;
 pub mod error;
 pub mod layers;
+pub mod sop_bench;
 pub mod sources;
 pub mod tool;
 pub mod tool_env;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use mtrl_env::EpisodeSources;
 use mtrl_env::bindings::{Bindings, Py, PyError};
+use mtrl_env::sop_bench::{Domain, Mode, SopBenchFactory, Source};
 
 fn field<'a>(obj: &'a [(Py, Py)], key: &str) -> Option<&'a Py> {
     obj.iter()
@@ -54,6 +55,24 @@ fn untag(v: &Py) -> Py {
     }
 }
 
+/// Back to JSON text, keeping key order (the golden args are plain JSON).
+fn to_json(v: &Py) -> serde_json::Value {
+    match v {
+        Py::None => serde_json::Value::Null,
+        Py::Bool(b) => (*b).into(),
+        Py::Int(i) => (*i).into(),
+        Py::Float(f) => {
+            serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into)
+        }
+        Py::Str(s) => s.to_string().into(),
+        Py::List(x) | Py::Tuple(x) => x.iter().map(to_json).collect(),
+        Py::Dict(d) => {
+            serde_json::Value::Object(d.iter().map(|(k, v)| (k.py_str(), to_json(v))).collect())
+        }
+        other => panic!("unexpected {other:?} in golden args"),
+    }
+}
+
 fn sop_bench_dir() -> Option<PathBuf> {
     std::env::var_os("MTRL_SOP_BENCH_DIR").map(PathBuf::from)
 }
@@ -72,6 +91,12 @@ fn check_domain(data: &Path, domain: &str) -> Tally {
         .join("tool_bindings.json");
     let bindings =
         Bindings::load(&shipped, &data.join(domain)).unwrap_or_else(|e| panic!("{domain}: {e}"));
+    // Parity mode, as an agent reaches it: the domain's environment.
+    let loaded = Domain::load(&Source::Dir(data.to_path_buf()), domain).unwrap();
+    let SopBenchFactory::Parity(factory) = loaded.environment(Mode::Parity).unwrap() else {
+        panic!("parity mode gives a parity factory")
+    };
+    let mut env = factory.environment();
     let golden =
         std::fs::read_to_string(data.join(domain).join("golden_tool_calls.jsonl")).unwrap();
     let mut tally = Tally {
@@ -100,20 +125,30 @@ fn check_domain(data: &Path, domain: &str) -> Tally {
             .tool(&tool)
             .map(|t| t.unordered_paths().to_vec())
             .unwrap_or_default();
-        let good = match (&got, field(&g, "error")) {
-            (Ok(value), Some(Py::None)) => {
-                let want = untag(field(&g, "result").unwrap());
-                let exact = want.same(value, "", &[]);
-                (exact && wire == want_wire)
-                    || (!exact && !unordered.is_empty() && want.same(value, "", &unordered))
-            }
-            (Err(PyError { etype, message }), Some(Py::Dict(e))) => {
-                field(e, "type").map(Py::py_str).as_deref() == Some(etype.as_str())
-                    && field(e, "message").map(Py::py_str).as_deref() == Some(message.as_str())
-                    && wire == want_wire
-            }
-            _ => false,
+        // Through the environment too, unless upstream's harness could not reach the tool.
+        let reachable = !matches!(field(&g, "harness_reachable"), Some(Py::Bool(false)));
+        let via_env = if reachable {
+            let args_text = serde_json::to_string(&to_json(args)).unwrap();
+            let out = env.call_raw(&tool, &args_text);
+            out.text == want_wire && out.is_error == got.is_err()
+        } else {
+            true
         };
+        let good = via_env
+            && match (&got, field(&g, "error")) {
+                (Ok(value), Some(Py::None)) => {
+                    let want = untag(field(&g, "result").unwrap());
+                    let exact = want.same(value, "", &[]);
+                    (exact && wire == want_wire)
+                        || (!exact && !unordered.is_empty() && want.same(value, "", &unordered))
+                }
+                (Err(PyError { etype, message }), Some(Py::Dict(e))) => {
+                    field(e, "type").map(Py::py_str).as_deref() == Some(etype.as_str())
+                        && field(e, "message").map(Py::py_str).as_deref() == Some(message.as_str())
+                        && wire == want_wire
+                }
+                _ => false,
+            };
         if good {
             tally.matched += 1;
         } else if tally.mismatches.len() < 5 {

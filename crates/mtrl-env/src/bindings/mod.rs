@@ -391,12 +391,83 @@ impl Bindings {
     /// The text upstream's ReAct agent shows the model for a call's outcome: `json.dumps` of
     /// the result, or `Error: <message>`.
     pub fn wire(outcome: &PyResult<Py>) -> String {
-        match outcome {
-            Ok(v) => match v.json_dumps() {
-                Ok(text) => text,
-                Err(e) => format!("Error: {}", e.message),
-            },
-            Err(e) => format!("Error: {}", e.message),
+        Self::wire_as(outcome, WireStyle::Upstream)
+    }
+
+    /// The text for a call's outcome in the given style.
+    pub fn wire_as(outcome: &PyResult<Py>, style: WireStyle) -> String {
+        let dumped = match (outcome, style) {
+            (Ok(v), WireStyle::Upstream) => v.json_dumps(),
+            (Ok(v), WireStyle::StrictJson) => v.json_dumps_strict(),
+            (Err(e), _) => Err(e.clone()),
+        };
+        dumped.unwrap_or_else(|e| format!("Error: {}", e.message))
+    }
+}
+
+/// How a binding tool's results are written for the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WireStyle {
+    /// Exactly as upstream: CPython `json.dumps`, bare `NaN` and `Infinity` included.
+    Upstream,
+    /// As upstream, but valid JSON: NaN and infinities are written `null`. The default, since
+    /// a strict JSON reader (and a model trained on JSON) rejects `NaN`.
+    #[default]
+    StrictJson,
+}
+
+/// One tool of a [`Bindings`], served as a [`Tool`](crate::Tool) with the spec advertised for it.
+///
+/// Success is the binding's result written in the chosen [`WireStyle`]; an exception is the
+/// text `Error: <message>` (as upstream), reported as an error of kind `<ExceptionType>`.
+#[derive(Debug, Clone)]
+pub struct BindingTool {
+    bindings: Arc<Bindings>,
+    spec: mtrl_core::ToolSpec,
+    style: WireStyle,
+}
+
+impl BindingTool {
+    /// Serves the binding's tool named like `spec`.
+    pub fn new(bindings: Arc<Bindings>, spec: mtrl_core::ToolSpec, style: WireStyle) -> Self {
+        Self {
+            bindings,
+            spec,
+            style,
         }
+    }
+
+    /// Runs the call on already-parsed arguments.
+    pub fn run(&self, args: &Py, sources: &mut dyn BindingSources) -> crate::ToolOutput {
+        let outcome = self.bindings.call(self.spec.name(), args, sources);
+        let text = Self::wire_text(&outcome, self.style);
+        match outcome {
+            Ok(_) if !text.starts_with("Error: ") => crate::ToolOutput::text(text),
+            Ok(_) => crate::ToolOutput::error_text("TypeError", text),
+            Err(e) => crate::ToolOutput::error_text(e.etype, text),
+        }
+    }
+
+    fn wire_text(outcome: &PyResult<Py>, style: WireStyle) -> String {
+        Bindings::wire_as(outcome, style)
+    }
+}
+
+impl<S> crate::Tool<S> for BindingTool {
+    fn spec(&self) -> &mtrl_core::ToolSpec {
+        &self.spec
+    }
+
+    fn call(
+        &self,
+        args: &serde_json::Map<String, serde_json::Value>,
+        cx: &mut crate::ToolContext<'_, S>,
+    ) -> crate::ToolOutput {
+        let args = Py::Dict(
+            args.iter()
+                .map(|(k, v)| (Py::str(k), Py::from_json(v)))
+                .collect(),
+        );
+        self.run(&args, cx.sources)
     }
 }

@@ -77,6 +77,27 @@ impl Py {
         Py::Str(Arc::from(s))
     }
 
+    /// Converts a JSON value as `json.loads` would (a number is an `int` when it has no
+    /// fraction or exponent). Object keys come in the map's order.
+    pub fn from_json(v: &serde_json::Value) -> Py {
+        use serde_json::Value as J;
+        match v {
+            J::Null => Py::None,
+            J::Bool(b) => Py::Bool(*b),
+            J::Number(n) => match n.as_i64() {
+                Some(i) if !n.is_f64() => Py::Int(i),
+                _ => Py::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            J::String(s) => Py::str(s),
+            J::Array(a) => Py::List(a.iter().map(Py::from_json).collect()),
+            J::Object(o) => Py::Dict(
+                o.iter()
+                    .map(|(k, v)| (Py::str(k), Py::from_json(v)))
+                    .collect(),
+            ),
+        }
+    }
+
     /// Whether this is a numpy scalar.
     pub fn is_np(&self) -> bool {
         matches!(self, Py::NpInt(_) | Py::NpFloat(_) | Py::NpBool(_))
@@ -212,17 +233,28 @@ impl Py {
     /// The `TypeError` CPython raises for numpy `int64`/`bool` values and bad dict keys.
     pub fn json_dumps(&self) -> PyResult<String> {
         let mut out = String::new();
-        self.write_json(&mut out)?;
+        self.write_json(&mut out, false)?;
         Ok(out)
     }
 
-    fn write_json(&self, out: &mut String) -> PyResult<()> {
+    /// As [`Py::json_dumps`], but valid JSON: NaN and infinities become `null`.
+    ///
+    /// # Errors
+    /// As [`Py::json_dumps`].
+    pub fn json_dumps_strict(&self) -> PyResult<String> {
+        let mut out = String::new();
+        self.write_json(&mut out, true)?;
+        Ok(out)
+    }
+
+    fn write_json(&self, out: &mut String, strict: bool) -> PyResult<()> {
         match self {
             Py::None => out.push_str("null"),
             Py::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
             Py::Int(i) => {
                 let _ = write!(out, "{i}");
             }
+            Py::Float(f) | Py::NpFloat(f) if strict && !f.is_finite() => out.push_str("null"),
             Py::Float(f) | Py::NpFloat(f) => out.push_str(&json_float(*f)),
             Py::Str(s) => json_str(s, out),
             Py::List(v) | Py::Tuple(v) => {
@@ -231,7 +263,7 @@ impl Py {
                     if i > 0 {
                         out.push_str(", ");
                     }
-                    x.write_json(out)?;
+                    x.write_json(out, strict)?;
                 }
                 out.push(']');
             }
@@ -259,7 +291,7 @@ impl Py {
                     };
                     json_str(&key, out);
                     out.push_str(": ");
-                    v.write_json(out)?;
+                    v.write_json(out, strict)?;
                 }
                 out.push('}');
             }
