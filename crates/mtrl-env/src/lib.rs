@@ -10,6 +10,7 @@
 //! - [`layers`]: a per-step time limit, seeded fault injection, a recorder and replayer, and
 //!   tool-output truncation, composed with [`EnvironmentExt::layer`].
 
+pub mod audit;
 pub mod bindings;
 pub mod error;
 pub mod layers;

@@ -547,3 +547,87 @@ fn python_regex(pattern: &str) -> std::result::Result<Regex, regex::Error> {
     out.push(')');
     Regex::new(&out)
 }
+
+/// Which nondeterministic sources a body reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Uses {
+    /// `random`.
+    pub random: bool,
+    /// `now`.
+    pub clock: bool,
+    /// `uuid4_hex`.
+    pub uuid: bool,
+}
+
+impl Uses {
+    pub(crate) fn of_steps(steps: &[Step]) -> Uses {
+        let mut u = Uses::default();
+        for s in steps {
+            u.step(s);
+        }
+        u
+    }
+
+    fn then(&mut self, t: &Then) {
+        match t {
+            Then::Raise { message, .. } => self.expr(message),
+            Then::Return(e) => self.expr(e),
+        }
+    }
+
+    fn step(&mut self, s: &Step) {
+        match s {
+            Step::If { cond, then } => {
+                self.expr(cond);
+                self.then(then);
+            }
+            Step::Let { value, .. } => self.expr(value),
+            Step::Lookup {
+                conditions,
+                none,
+                many,
+                ..
+            } => {
+                conditions.iter().for_each(|(_, e)| self.expr(e));
+                self.then(none);
+                if let Some(m) = many {
+                    self.then(m);
+                }
+            }
+            Step::Try { body, except } => {
+                body.iter().for_each(|s| self.step(s));
+                self.then(except);
+            }
+            Step::Return(e) => self.expr(e),
+        }
+    }
+
+    fn expr(&mut self, e: &Expr) {
+        match e {
+            Expr::Lit(_) | Expr::Var(_) | Expr::Col { .. } => {}
+            Expr::Dict(items) => items.iter().for_each(|(_, e)| self.expr(e)),
+            Expr::Op(op, args) => {
+                self.random |= *op == Op::Random;
+                self.uuid |= *op == Op::Uuid4Hex;
+                args.iter().for_each(|a| self.expr(a));
+            }
+            Expr::Fmt(_, args) => args.iter().for_each(|a| self.expr(a)),
+            Expr::Regex(_, x) | Expr::IsInstance(x, _) | Expr::Raise(_, x) => self.expr(x),
+            Expr::Walk { list, body, .. } => {
+                self.expr(list);
+                body.iter().for_each(|b| self.expr(b));
+            }
+            Expr::Find {
+                list,
+                pred,
+                message,
+                ..
+            } => {
+                self.expr(list);
+                self.expr(pred);
+                self.expr(message);
+            }
+            Expr::Now { .. } => self.clock = true,
+        }
+    }
+}

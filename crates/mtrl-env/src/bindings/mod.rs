@@ -35,7 +35,7 @@
 mod compile;
 mod eval;
 mod literal;
-mod table;
+pub(crate) mod table;
 mod value;
 
 use std::collections::HashMap;
@@ -46,6 +46,7 @@ pub use literal::literal_eval;
 pub use table::{Dtype, Table};
 pub use value::{Py, PyError, PyResult, float_repr};
 
+pub use compile::Uses;
 use compile::{Scope, Step};
 use eval::Machine;
 
@@ -96,6 +97,11 @@ impl BoundTool {
     /// A described upstream defect, if any.
     pub fn upstream_defect(&self) -> Option<&str> {
         self.upstream_defect.as_deref()
+    }
+
+    /// Which nondeterministic sources (random, clock, uuid) its body reads.
+    pub fn uses(&self) -> Uses {
+        Uses::of_steps(&self.body)
     }
 
     /// The parameter names, in signature order.

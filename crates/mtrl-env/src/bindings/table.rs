@@ -7,7 +7,7 @@ use super::value::Py;
 use crate::error::{Error, Result};
 
 /// pandas' default NA tokens.
-const NA_TOKENS: [&str; 19] = [
+pub(crate) const NA_TOKENS: [&str; 19] = [
     "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
     "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
 ];

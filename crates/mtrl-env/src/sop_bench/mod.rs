@@ -14,6 +14,7 @@
 //! # Ok::<(), mtrl_env::Error>(())
 //! ```
 
+mod audit;
 mod parity;
 mod source;
 mod splits;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use mtrl_core::{Message, Task, ToolSpec};
 use serde_json::{Map, Value, json};
 
+pub use audit::{CanonicalAgent, Target, audit_domain};
 pub use parity::{ParityEnvironment, ParityFactory};
 pub use source::{DIR_ENV, HUB_DATASET, HubSource, Source};
 pub use splits::Splits;
