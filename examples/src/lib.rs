@@ -2,3 +2,5 @@
 //!
 //! The top of the mtrl workspace: the `mtrl` command line and runnable examples, built on every
 //! other crate. It also checks the workspace's dependency rule (see `tests/dependency_rule.rs`).
+
+pub mod audit;

@@ -185,7 +185,7 @@ impl Audit {
             for (tool, text) in failed_calls(&a) {
                 first_failure
                     .entry(tool)
-                    .or_insert_with(|| format!("{}: {text:.160}", task.id()));
+                    .or_insert_with(|| format!("{}: {text:.240}", task.id()));
             }
             if transcript(&a) != transcript(&a2) {
                 nondeterministic.push(format!("{}: {}", task.id(), first_difference(&a, &a2)));

@@ -1,7 +1,7 @@
 //! [`Tool`]: one simulated tool, written in Rust as a type or a closure.
 
 use mtrl_core::{Task, ToolSpec};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::sources::EpisodeSources;
 
@@ -38,19 +38,28 @@ impl ToolOutput {
         Self::error_with(kind, message, Map::new())
     }
 
-    /// A failure with extra structured fields (merged into the `error` object).
+    /// A failure with extra structured fields, written after `type` and `message` in the
+    /// `error` object.
     pub fn error_with(
         kind: impl Into<String>,
         message: impl Into<String>,
         extra: Map<String, Value>,
     ) -> Self {
         let kind = kind.into();
-        let mut error = Map::new();
-        error.insert("type".into(), Value::String(kind.clone()));
-        error.insert("message".into(), Value::String(message.into()));
-        error.extend(extra);
+        let mut text = String::with_capacity(96);
+        text.push_str("{\"error\":{\"type\":");
+        push_json(&mut text, &Value::String(kind.clone()));
+        text.push_str(",\"message\":");
+        push_json(&mut text, &Value::String(message.into()));
+        for (k, v) in &extra {
+            text.push(',');
+            push_json(&mut text, &Value::String(k.clone()));
+            text.push(':');
+            push_json(&mut text, v);
+        }
+        text.push_str("}}");
         Self {
-            text: json!({ "error": error }).to_string(),
+            text,
             is_error: true,
             error_kind: Some(kind),
         }
@@ -65,6 +74,12 @@ impl ToolOutput {
             error_kind: Some(kind.into()),
         }
     }
+}
+
+fn push_json(out: &mut String, v: &Value) {
+    // Serializing a `Value` cannot fail; its bytes are UTF-8.
+    let bytes = serde_json::to_vec(v).unwrap_or_default();
+    out.push_str(std::str::from_utf8(&bytes).unwrap_or_default());
 }
 
 /// What a tool can reach during a call: the episode's state, its seeded sources and the task.

@@ -1,6 +1,7 @@
 //! Compiles binding JSON (steps and expressions) into a tree the interpreter runs, checking
 //! operator names, arities and column names once, at load time.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use regex::Regex;
@@ -138,14 +139,17 @@ pub(crate) enum TypeTag {
     Dict,
 }
 
+/// A variable, as its slot in the tool's symbol table.
+pub(crate) type Sym = u16;
+
 /// A compiled expression.
 #[derive(Debug, Clone)]
 pub(crate) enum Expr {
     Lit(Py),
     Dict(Vec<(Py, Expr)>),
-    Var(Arc<str>),
+    Var(Sym),
     Col {
-        row: Arc<str>,
+        row: Sym,
         col: usize,
     },
     Op(Op, Vec<Expr>),
@@ -155,12 +159,12 @@ pub(crate) enum Expr {
     Walk {
         kind: Walk,
         list: Box<Expr>,
-        name: Arc<str>,
+        name: Sym,
         body: Vec<Expr>,
     },
     Find {
         list: Box<Expr>,
-        name: Arc<str>,
+        name: Sym,
         pred: Box<Expr>,
         etype: String,
         message: Box<Expr>,
@@ -186,18 +190,19 @@ pub(crate) enum Step {
         then: Then,
     },
     Let {
-        name: Arc<str>,
+        name: Sym,
         value: Expr,
     },
     Lookup {
         conditions: Vec<(usize, Expr)>,
         none: Then,
         many: Option<Then>,
-        bind: Arc<str>,
+        bind: Sym,
     },
     Try {
         body: Vec<Step>,
         except: Then,
+        error: Sym,
     },
     Return(Expr),
 }
@@ -207,9 +212,22 @@ pub(crate) struct Scope<'a> {
     pub table: Option<&'a Table>,
     pub constants: &'a [(Py, Py)],
     pub what: String,
+    /// The tool's variable names; a variable is its index here.
+    pub symbols: RefCell<Vec<Arc<str>>>,
 }
 
 impl Scope<'_> {
+    /// The slot of a variable name, added on first sight.
+    pub(crate) fn sym(&self, name: &str) -> Result<Sym> {
+        let mut symbols = self.symbols.borrow_mut();
+        if let Some(i) = symbols.iter().position(|s| &**s == name) {
+            return Ok(i as Sym);
+        }
+        let i = Sym::try_from(symbols.len()).map_err(|_| self.bad("too many variables"))?;
+        symbols.push(Arc::from(name));
+        Ok(i)
+    }
+
     fn bad(&self, reason: impl Into<String>) -> Error {
         Error::Binding {
             what: self.what.clone(),
@@ -283,7 +301,7 @@ impl Scope<'_> {
                 .get(obj, "value")
                 .ok_or_else(|| self.bad("`let` without `value`"))?;
             return Ok(Step::Let {
-                name: Arc::from(self.text(name, "a variable name")?),
+                name: self.sym(self.text(name, "a variable name")?)?,
                 value: self.expr(value)?,
             });
         }
@@ -297,6 +315,7 @@ impl Scope<'_> {
             return Ok(Step::Try {
                 body: self.steps(body)?,
                 except: self.then(except)?,
+                error: self.sym("error")?,
             });
         }
         if let Some(e) = self.get(obj, "return") {
@@ -339,8 +358,8 @@ impl Scope<'_> {
             Some(m) => Some(self.then(m)?),
         };
         let bind = match self.get(spec, "as") {
-            Some(v) => Arc::from(self.text(v, "a row name")?),
-            None => Arc::from("row"),
+            Some(v) => self.sym(self.text(v, "a row name")?)?,
+            None => self.sym("row")?,
         };
         Ok(Step::Lookup {
             conditions,
@@ -368,8 +387,8 @@ impl Scope<'_> {
         }
     }
 
-    fn name_arg(&self, v: &Py, op: &str) -> Result<Arc<str>> {
-        Ok(Arc::from(self.text(v, &format!("the name of `{op}`"))?))
+    fn name_arg(&self, v: &Py, op: &str) -> Result<Sym> {
+        self.sym(self.text(v, &format!("the name of `{op}`"))?)
     }
 
     fn apply(&self, op: &str, args: &[Py]) -> Result<Expr> {
@@ -400,7 +419,7 @@ impl Scope<'_> {
                     .ok_or_else(|| self.bad(format!("no column `{name}` in the table")))?;
                 let row = match args.get(1) {
                     Some(r) => self.name_arg(r, op)?,
-                    None => Arc::from("row"),
+                    None => self.sym("row")?,
                 };
                 Ok(Expr::Col { row, col })
             }
@@ -594,7 +613,7 @@ impl Uses {
                     self.then(m);
                 }
             }
-            Step::Try { body, except } => {
+            Step::Try { body, except, .. } => {
                 body.iter().for_each(|s| self.step(s));
                 self.then(except);
             }

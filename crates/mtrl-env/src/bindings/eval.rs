@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use super::compile::{Expr, Op, Step, Then, TypeTag, Walk};
+use smallvec::SmallVec;
+
+use super::compile::{Expr, Op, Step, Sym, Then, TypeTag, Walk};
 use super::literal::literal_eval;
 use super::table::{Dtype, Table};
 use super::value::{Num, Py, PyError, PyResult, dict_get, str_repr};
@@ -31,6 +33,7 @@ impl BindingSources for EpisodeSources {
 }
 
 enum Slot {
+    Unset,
     Val(Py),
     Row(usize),
 }
@@ -38,7 +41,8 @@ enum Slot {
 pub(crate) struct Machine<'a> {
     pub table: Option<&'a Table>,
     pub sources: &'a mut dyn BindingSources,
-    env: Vec<(Arc<str>, Slot)>,
+    slots: Vec<Slot>,
+    names: &'a [Arc<str>],
 }
 
 fn err<T>(etype: &str, message: impl Into<String>) -> PyResult<T> {
@@ -46,24 +50,27 @@ fn err<T>(etype: &str, message: impl Into<String>) -> PyResult<T> {
 }
 
 impl<'a> Machine<'a> {
-    pub(crate) fn new(table: Option<&'a Table>, sources: &'a mut dyn BindingSources) -> Self {
+    pub(crate) fn new(
+        table: Option<&'a Table>,
+        sources: &'a mut dyn BindingSources,
+        names: &'a [Arc<str>],
+    ) -> Self {
+        let mut slots = Vec::with_capacity(names.len());
+        slots.resize_with(names.len(), || Slot::Unset);
         Self {
             table,
             sources,
-            env: Vec::new(),
+            slots,
+            names,
         }
     }
 
-    pub(crate) fn bind(&mut self, name: Arc<str>, value: Py) {
-        self.env.push((name, Slot::Val(value)));
+    pub(crate) fn bind(&mut self, sym: Sym, value: Py) {
+        self.slots[usize::from(sym)] = Slot::Val(value);
     }
 
-    fn slot(&self, name: &str) -> Option<&Slot> {
-        self.env
-            .iter()
-            .rev()
-            .find(|(n, _)| &**n == name)
-            .map(|(_, s)| s)
+    fn name(&self, sym: Sym) -> &str {
+        self.names.get(usize::from(sym)).map_or("?", |n| n)
     }
 
     /// Runs steps; `Some(value)` when one returned.
@@ -95,15 +102,19 @@ impl<'a> Machine<'a> {
             }
             Step::Let { name, value } => {
                 let v = self.eval(value)?;
-                self.bind(name.clone(), v);
+                self.bind(*name, v);
             }
             Step::Return(e) => return self.eval(e).map(Some),
-            Step::Try { body, except } => {
+            Step::Try {
+                body,
+                except,
+                error,
+            } => {
                 match self.run(body) {
                     Ok(r) => return Ok(r),
                     Err(e) => {
                         // Variables bound before the error stay bound, as in Python.
-                        self.bind(Arc::from("error"), Py::str(&e.message));
+                        self.bind(*error, Py::str(&e.message));
                         return self.then(except).map(Some);
                     }
                 }
@@ -118,7 +129,8 @@ impl<'a> Machine<'a> {
                     PyError::new("RuntimeError", "a lookup in a binding without a table")
                 })?;
                 let n = table.rows.len();
-                let mut mask = vec![true; n];
+                // Evaluate every condition first, in order, as pandas does.
+                let mut values = Vec::with_capacity(conditions.len());
                 for (col, e) in conditions {
                     let v = self.eval(e)?;
                     let dtype = table.columns[*col].1;
@@ -146,17 +158,28 @@ impl<'a> Machine<'a> {
                         }
                         _ => {}
                     }
-                    for (m, row) in mask.iter_mut().zip(&table.rows) {
-                        *m = *m && pandas_eq(&row[*col], &v, dtype);
-                    }
+                    values.push((*col, dtype, v));
                 }
-                let mut hits = mask.iter().enumerate().filter(|(_, m)| **m).map(|(i, _)| i);
-                match (hits.next(), hits.next()) {
-                    (None, _) => return self.then(none).map(Some),
-                    (Some(_), Some(_)) if many.is_some() => {
+                // The first condition's index gives the candidates; the rest filter them.
+                let hit_rows: Vec<usize> = match values.split_first() {
+                    None => (0..n).collect(),
+                    Some(((col, _, v), rest)) => table
+                        .candidates(*col, v)
+                        .iter()
+                        .map(|&r| r as usize)
+                        .filter(|&r| {
+                            let row = &table.rows[r];
+                            pandas_eq(&row[*col], v, table.columns[*col].1)
+                                && rest.iter().all(|(c, dt, v)| pandas_eq(&row[*c], v, *dt))
+                        })
+                        .collect(),
+                };
+                match hit_rows.as_slice() {
+                    [] => return self.then(none).map(Some),
+                    [_, _, ..] if many.is_some() => {
                         return self.then(many.as_ref().expect("checked")).map(Some);
                     }
-                    (Some(first), _) => self.env.push((bind.clone(), Slot::Row(first))),
+                    [first, ..] => self.slots[usize::from(*bind)] = Slot::Row(*first),
                 }
             }
         }
@@ -165,13 +188,14 @@ impl<'a> Machine<'a> {
 
     fn with<T>(
         &mut self,
-        name: &Arc<str>,
+        name: &Sym,
         v: Py,
         f: impl FnOnce(&mut Self) -> PyResult<T>,
     ) -> PyResult<T> {
-        self.env.push((name.clone(), Slot::Val(v)));
+        let i = usize::from(*name);
+        let old = std::mem::replace(&mut self.slots[i], Slot::Val(v));
         let r = f(self);
-        self.env.pop();
+        self.slots[i] = old;
         r
     }
 
@@ -186,15 +210,16 @@ impl<'a> Machine<'a> {
                 }
                 Ok(Py::Dict(out))
             }
-            Expr::Var(name) => match self.slot(name) {
-                Some(Slot::Val(v)) => Ok(v.clone()),
-                Some(Slot::Row(_)) | None => {
-                    err("NameError", format!("name '{name}' is not defined"))
-                }
+            Expr::Var(sym) => match &self.slots[usize::from(*sym)] {
+                Slot::Val(v) => Ok(v.clone()),
+                _ => err(
+                    "NameError",
+                    format!("name '{}' is not defined", self.name(*sym)),
+                ),
             },
-            Expr::Col { row, col } => match (self.slot(row), self.table) {
-                (Some(Slot::Row(i)), Some(t)) => Ok(t.rows[*i][*col].clone()),
-                _ => err("NameError", format!("no row bound as '{row}'")),
+            Expr::Col { row, col } => match (&self.slots[usize::from(*row)], self.table) {
+                (Slot::Row(i), Some(t)) => Ok(t.rows[*i][*col].clone()),
+                _ => err("NameError", format!("no row bound as '{}'", self.name(*row))),
             },
             Expr::Fmt(parts, values) => {
                 let mut out = parts[0].clone();
@@ -325,7 +350,7 @@ impl<'a> Machine<'a> {
             Uuid4Hex => return Ok(Py::str(&self.sources.uuid4_hex())),
             _ => {}
         }
-        let mut v: Vec<Py> = Vec::with_capacity(a.len());
+        let mut v: SmallVec<[Py; 4]> = SmallVec::with_capacity(a.len());
         for x in a {
             v.push(self.eval(x)?);
         }
@@ -413,8 +438,8 @@ impl<'a> Machine<'a> {
                     format!("object of type '{}' has no len()", other.type_name()),
                 ),
             },
-            List => Ok(Py::List(v)),
-            Tuple => Ok(Py::Tuple(v)),
+            List => Ok(Py::List(v.into_vec())),
+            Tuple => Ok(Py::Tuple(v.into_vec())),
             Concat => {
                 let mut out = Vec::new();
                 for x in &v {

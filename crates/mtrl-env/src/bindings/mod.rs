@@ -61,7 +61,8 @@ pub struct BoundTool {
     name: String,
     toolspec: bool,
     implemented: bool,
-    params: Vec<(Arc<str>, Option<Py>)>,
+    params: Vec<(Arc<str>, compile::Sym, Option<Py>)>,
+    symbols: Vec<Arc<str>>,
     body: Vec<Step>,
     nondeterministic: Option<String>,
     unordered_paths: Vec<String>,
@@ -106,7 +107,7 @@ impl BoundTool {
 
     /// The parameter names, in signature order.
     pub fn params(&self) -> impl Iterator<Item = &str> {
-        self.params.iter().map(|(n, _)| &**n)
+        self.params.iter().map(|(n, _, _)| &**n)
     }
 }
 
@@ -231,17 +232,18 @@ impl Bindings {
                 table: table.as_deref(),
                 constants: &constants,
                 what: format!("{domain}/{name}"),
+                symbols: Default::default(),
             };
             let mut params = Vec::new();
             if let Some(Py::List(ps)) = field(t, "params") {
                 for p in ps {
                     match p {
-                        Py::Str(s) => params.push((s.clone(), None)),
+                        Py::Str(s) => params.push((s.clone(), scope.sym(s)?, None)),
                         Py::Dict(d) => {
                             let n = text(field(d, "name")).ok_or_else(|| {
                                 bad(&scope.what, "a parameter without a name".into())
                             })?;
-                            params.push((Arc::from(n), field(d, "default").cloned()));
+                            params.push((Arc::from(n), scope.sym(n)?, field(d, "default").cloned()));
                         }
                         _ => return Err(bad(&scope.what, "a bad parameter".into())),
                     }
@@ -263,6 +265,7 @@ impl Bindings {
                     _ => Vec::new(),
                 },
                 upstream_defect: field(t, "upstream_defect").map(Py::py_str),
+                symbols: scope.symbols.take(),
                 name: name.clone(),
             };
             if index.insert(name.clone(), tools.len()).is_some() {
@@ -349,7 +352,7 @@ impl Bindings {
         let cls = &self.manager_class;
         for (k, _) in given {
             let k = k.py_str();
-            if !t.params.iter().any(|(n, _)| **n == *k) {
+            if !t.params.iter().any(|(n, _, _)| **n == *k) {
                 return Err(PyError::new(
                     "TypeError",
                     format!("{cls}.{tool}() got an unexpected keyword argument '{k}'"),
@@ -365,8 +368,8 @@ impl Bindings {
         let missing: Vec<String> = t
             .params
             .iter()
-            .filter(|(n, d)| d.is_none() && lookup(n).is_none())
-            .map(|(n, _)| format!("'{n}'"))
+            .filter(|(n, _, d)| d.is_none() && lookup(n).is_none())
+            .map(|(n, _, _)| format!("'{n}'"))
             .collect();
         if !missing.is_empty() {
             let list = match missing.len() {
@@ -383,13 +386,13 @@ impl Bindings {
                 ),
             ));
         }
-        let mut m = Machine::new(self.table.as_deref(), sources);
-        for (name, default) in &t.params {
+        let mut m = Machine::new(self.table.as_deref(), sources, &t.symbols);
+        for (name, sym, default) in &t.params {
             let v = lookup(name)
                 .or(default.as_ref())
                 .cloned()
                 .unwrap_or(Py::None);
-            m.bind(name.clone(), v);
+            m.bind(*sym, v);
         }
         Ok(m.run(&t.body)?.unwrap_or(Py::None))
     }

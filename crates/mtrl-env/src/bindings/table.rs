@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
+
 use super::value::Py;
 use crate::error::{Error, Result};
 
@@ -47,6 +49,32 @@ impl Dtype {
 pub struct Table {
     pub(crate) columns: Vec<(String, Dtype)>,
     pub(crate) rows: Vec<Vec<Py>>,
+    /// Per column, the rows holding each value (NaN cells are in no entry).
+    index: Vec<FxHashMap<Key, Vec<u32>>>,
+}
+
+/// A cell value as an index key: text, or a number (ints and bools as their float value;
+/// `-0.0` as `0.0`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Text(Arc<str>),
+    Num(u64),
+}
+
+impl Key {
+    fn of(v: &Py) -> Option<Key> {
+        match v {
+            Py::Str(s) => Some(Key::Text(s.clone())),
+            other => {
+                let f = other.num()?.f();
+                if f.is_nan() {
+                    None
+                } else {
+                    Some(Key::Num((f + 0.0).to_bits()))
+                }
+            }
+        }
+    }
 }
 
 impl Table {
@@ -100,10 +128,33 @@ impl Table {
             }
             rows.push(row);
         }
+        let mut index: Vec<FxHashMap<Key, Vec<u32>>> = vec![FxHashMap::default(); columns.len()];
+        for (r, row) in rows.iter().enumerate() {
+            for (c, cell) in row.iter().enumerate() {
+                if let Some(k) = Key::of(cell) {
+                    index[c].entry(k).or_default().push(r as u32);
+                }
+            }
+        }
         Ok(Self {
             columns: columns.to_vec(),
             rows,
+            index,
         })
+    }
+
+    /// The rows whose cell in `column` may equal `value` under pandas' rules (a superset of
+    /// the matches: callers still compare), in file order.
+    pub(crate) fn candidates(&self, column: usize, value: &Py) -> &[u32] {
+        let dtype = self.columns[column].1;
+        let key = match (dtype, value) {
+            (Dtype::Str, Py::Str(_)) => Key::of(value),
+            (Dtype::Str, _) => None,
+            (_, v) if v.num().is_some() => Key::of(v),
+            _ => None,
+        };
+        key.and_then(|k| self.index[column].get(&k))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The number of rows.

@@ -232,7 +232,7 @@ impl Py {
     /// # Errors
     /// The `TypeError` CPython raises for numpy `int64`/`bool` values and bad dict keys.
     pub fn json_dumps(&self) -> PyResult<String> {
-        let mut out = String::new();
+        let mut out = String::with_capacity(128);
         self.write_json(&mut out, false)?;
         Ok(out)
     }
@@ -242,7 +242,7 @@ impl Py {
     /// # Errors
     /// As [`Py::json_dumps`].
     pub fn json_dumps_strict(&self) -> PyResult<String> {
-        let mut out = String::new();
+        let mut out = String::with_capacity(128);
         self.write_json(&mut out, true)?;
         Ok(out)
     }
@@ -422,24 +422,41 @@ fn json_float(f: f64) -> String {
 
 fn json_str(s: &str, out: &mut String) {
     out.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            ' '..='~' => out.push(ch),
-            _ => {
-                let mut buf = [0u16; 2];
-                for unit in ch.encode_utf16(&mut buf) {
-                    let _ = write!(out, "\\u{unit:04x}");
+    // Copy runs of plain printable ASCII at once; escape the rest.
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {
+            continue;
+        }
+        if b >= 0x80 && !s.is_char_boundary(i) {
+            continue;
+        }
+        out.push_str(&s[start..i]);
+        if b < 0x80 {
+            match b {
+                b'"' => out.push_str("\\\""),
+                b'\\' => out.push_str("\\\\"),
+                b'\n' => out.push_str("\\n"),
+                b'\r' => out.push_str("\\r"),
+                b'\t' => out.push_str("\\t"),
+                0x08 => out.push_str("\\b"),
+                0x0c => out.push_str("\\f"),
+                _ => {
+                    let _ = write!(out, "\\u{:04x}", b);
                 }
             }
+            start = i + 1;
+        } else {
+            let ch = s[i..].chars().next().expect("a char starts here");
+            let mut buf = [0u16; 2];
+            for unit in ch.encode_utf16(&mut buf) {
+                let _ = write!(out, "\\u{unit:04x}");
+            }
+            start = i + ch.len_utf8();
         }
     }
+    out.push_str(&s[start..]);
     out.push('"');
 }
 

@@ -444,6 +444,19 @@ impl Domain {
         &self.diagnostics
     }
 
+    /// Each labelled row as column → cell text, by task id (`<domain>:<row>`). For trusted
+    /// harnesses (audits, scripted experts, benchmarks), never for a policy.
+    pub fn rows_by_task(&self) -> std::collections::HashMap<String, std::collections::HashMap<String, String>> {
+        self.rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let cells = self.header.iter().cloned().zip(row.iter().cloned()).collect();
+                (format!("{}:{i}", self.name), cells)
+            })
+            .collect()
+    }
+
     /// The number of labelled rows.
     pub fn len(&self) -> usize {
         self.rows.len()

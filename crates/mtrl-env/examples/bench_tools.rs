@@ -1,0 +1,75 @@
+//! Tool-call throughput on one core: the whole path of a call (parse the argument JSON,
+//! validate it in strict mode, run the binding, write the text), with no caching of results.
+//!
+//! ```text
+//! MTRL_SOP_BENCH_DIR=../shared/sop-bench-data cargo run --release -p mtrl-env --example bench_tools
+//! ```
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use mtrl_core::{Episode, Message, ToolCall};
+use mtrl_env::sop_bench::{CanonicalAgent, Domain, InputPolicy, Mode, SopBenchFactory, Source};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let domain_name = std::env::args().nth(1).unwrap_or_else(|| "customer_service".into());
+    let domain = Domain::load(&Source::from_env(), &domain_name)?;
+    let tasks = domain.tasks(InputPolicy::Mtrl)?;
+    let SopBenchFactory::Strict(factory) = domain.environment(Mode::Strict)? else {
+        unreachable!("strict mode")
+    };
+    // Every tool on every row, with the row's canonical arguments.
+    let agent = CanonicalAgent::new(&domain);
+    let rows = domain.rows_by_task();
+    let mut calls = Vec::new();
+    for task in &tasks {
+        let row: &HashMap<String, String> = &rows[task.id()];
+        for tool in domain.tools() {
+            let args = agent.arguments(tool, row, &[]);
+            calls.push(ToolCall::new("c", tool.name(), &serde_json::Value::Object(args)));
+        }
+    }
+    let mut env = factory.environment();
+    env.reset_sync(&tasks[0], &Episode::default())?;
+    // Warm up, and count outcomes once.
+    let mut ok = 0;
+    for c in &calls {
+        ok += usize::from(!env.call_tool(c)?.is_error);
+    }
+    let measure = |env: &mut mtrl_env::ToolEnvironment, f: &dyn Fn(&mut mtrl_env::ToolEnvironment, &ToolCall) -> usize| {
+        let mut n = 0usize;
+        let mut bytes = 0usize;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            for c in &calls {
+                bytes += f(env, c);
+                n += 1;
+            }
+        }
+        (n as f64 / start.elapsed().as_secs_f64(), bytes)
+    };
+    let (calls_per_s, _) = measure(&mut env, &|env, c| env.call_tool(c).map(|o| o.text.len()).unwrap_or(0));
+    let actions: Vec<Message> = calls
+        .iter()
+        .map(|c| Message::assistant_with_calls("", vec![c.clone()]))
+        .collect();
+    let mut n = 0usize;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        for a in &actions {
+            let step = env.step_sync(a)?;
+            n += step.messages.len();
+        }
+    }
+    let steps_per_s = n as f64 / start.elapsed().as_secs_f64();
+    println!("domain: {domain_name}");
+    println!(
+        "calls: {} distinct ({} tools × {} rows), {ok} succeed",
+        calls.len(),
+        domain.tools().len(),
+        tasks.len()
+    );
+    println!("tool calls per second (one core, strict mode, whole path): {calls_per_s:.0}");
+    println!("environment steps per second (one call per step):        {steps_per_s:.0}");
+    Ok(())
+}
