@@ -12,7 +12,9 @@ use mtrl_core::{Episode, Message, ToolCall};
 use mtrl_env::sop_bench::{CanonicalAgent, Domain, InputPolicy, Mode, SopBenchFactory, Source};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let domain_name = std::env::args().nth(1).unwrap_or_else(|| "customer_service".into());
+    let domain_name = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "customer_service".into());
     let domain = Domain::load(&Source::from_env(), &domain_name)?;
     let tasks = domain.tasks(InputPolicy::Mtrl)?;
     let SopBenchFactory::Strict(factory) = domain.environment(Mode::Strict)? else {
@@ -26,7 +28,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let row: &HashMap<String, String> = &rows[task.id()];
         for tool in domain.tools() {
             let args = agent.arguments(tool, row, &[]);
-            calls.push(ToolCall::new("c", tool.name(), &serde_json::Value::Object(args)));
+            calls.push(ToolCall::new(
+                "c",
+                tool.name(),
+                &serde_json::Value::Object(args),
+            ));
         }
     }
     let mut env = factory.environment();
@@ -36,19 +42,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for c in &calls {
         ok += usize::from(!env.call_tool(c)?.is_error);
     }
-    let measure = |env: &mut mtrl_env::ToolEnvironment, f: &dyn Fn(&mut mtrl_env::ToolEnvironment, &ToolCall) -> usize| {
+    type CallFn = dyn Fn(&mut mtrl_env::ToolEnvironment, &ToolCall) -> usize;
+    let measure = |env: &mut mtrl_env::ToolEnvironment, calls: &[ToolCall], f: &CallFn| {
         let mut n = 0usize;
         let mut bytes = 0usize;
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(3) {
-            for c in &calls {
+            for c in calls {
                 bytes += f(env, c);
                 n += 1;
             }
         }
         (n as f64 / start.elapsed().as_secs_f64(), bytes)
     };
-    let (calls_per_s, _) = measure(&mut env, &|env, c| env.call_tool(c).map(|o| o.text.len()).unwrap_or(0));
+    let (calls_per_s, _) = measure(&mut env, &calls, &|env, c| {
+        env.call_tool(c).map(|o| o.text.len()).unwrap_or(0)
+    });
+    let (good, bad): (Vec<ToolCall>, Vec<ToolCall>) = calls
+        .iter()
+        .cloned()
+        .partition(|c| env.call_tool(c).is_ok_and(|o| !o.is_error));
+    let (good_per_s, _) = measure(&mut env, &good, &|env, c| {
+        env.call_tool(c).map(|o| o.text.len()).unwrap_or(0)
+    });
+    let (bad_per_s, _) = measure(&mut env, &bad, &|env, c| {
+        env.call_tool(c).map(|o| o.text.len()).unwrap_or(0)
+    });
     let actions: Vec<Message> = calls
         .iter()
         .map(|c| Message::assistant_with_calls("", vec![c.clone()]))
@@ -70,6 +89,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tasks.len()
     );
     println!("tool calls per second (one core, strict mode, whole path): {calls_per_s:.0}");
+    println!("  of which succeeding calls only:                          {good_per_s:.0}");
+    println!("  of which failing calls only (validation or tool errors): {bad_per_s:.0}");
     println!("environment steps per second (one call per step):        {steps_per_s:.0}");
     Ok(())
 }

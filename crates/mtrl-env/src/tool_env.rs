@@ -1,6 +1,8 @@
 //! [`ToolEnvironment`]: an [`Environment`] over a registry of simulated tools.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -10,6 +12,8 @@ use mtrl_core::{
 };
 use serde_json::{Map, Value, json};
 
+use crate::bindings::schema::FastSchema;
+use crate::bindings::{BindingTool, Py};
 use crate::error::{Error, Result};
 use crate::sources::EpisodeSources;
 use crate::tool::{Tool, ToolContext, ToolOutput};
@@ -29,9 +33,28 @@ type PromptFn = dyn Fn(&Task, &[ToolSpec]) -> mtrl_core::Result<Vec<Message>> + 
 type StateFn<S> = dyn Fn(&Task, &mut EpisodeSources) -> mtrl_core::Result<S> + Send + Sync;
 type TeardownFn<S> = dyn Fn(S) + Send + Sync;
 
+/// How a tool runs.
+enum Backend<S> {
+    /// Any [`Tool`]: arguments arrive as a JSON map.
+    Tool(Arc<dyn Tool<S>>),
+    /// A binding: arguments are parsed once, in order, as Python-style values.
+    Binding(BindingTool),
+}
+
+impl<S> Backend<S> {
+    fn spec(&self) -> &ToolSpec {
+        match self {
+            Backend::Tool(t) => t.spec(),
+            Backend::Binding(b) => <BindingTool as Tool<S>>::spec(b),
+        }
+    }
+}
+
 struct Entry<S> {
-    tool: Arc<dyn Tool<S>>,
+    backend: Backend<S>,
     validator: jsonschema::Validator,
+    /// The same schema on binding values, when it uses only the common keywords.
+    fast: Option<FastSchema>,
     /// The declared argument names; `None` when the schema declares none.
     declared: Option<BTreeSet<String>>,
 }
@@ -49,7 +72,7 @@ struct Shared<S> {
 /// Builds a [`ToolEnvironmentFactory`]: the tools, the validation mode, the opening prompt and,
 /// for stateful tools, how each episode's state is made and torn down.
 pub struct ToolEnvironmentBuilder<S = ()> {
-    tools: Vec<(Arc<dyn Tool<S>>, bool)>,
+    tools: Vec<(Backend<S>, bool)>,
     validation: Validation,
     prompt: Box<PromptFn>,
     state: Box<StateFn<S>>,
@@ -100,7 +123,16 @@ impl<S: Send + 'static> ToolEnvironmentBuilder<S> {
     /// Adds an advertised tool.
     #[must_use]
     pub fn tool(mut self, tool: impl Tool<S> + 'static) -> Self {
-        self.tools.push((Arc::new(tool), true));
+        self.tools.push((Backend::Tool(Arc::new(tool)), true));
+        self
+    }
+
+    /// Adds an advertised tool served by a binding. It behaves as [`ToolEnvironmentBuilder::tool`]
+    /// would, but the arguments are parsed once, keeping their order, which is faster and
+    /// faithful to Python's keyword binding.
+    #[must_use]
+    pub fn binding_tool(mut self, tool: BindingTool) -> Self {
+        self.tools.push((Backend::Binding(tool), true));
         self
     }
 
@@ -108,7 +140,7 @@ impl<S: Send + 'static> ToolEnvironmentBuilder<S> {
     /// serves more than it documents; the audit reports it).
     #[must_use]
     pub fn hidden_tool(mut self, tool: impl Tool<S> + 'static) -> Self {
-        self.tools.push((Arc::new(tool), false));
+        self.tools.push((Backend::Tool(Arc::new(tool)), false));
         self
     }
 
@@ -137,10 +169,10 @@ impl<S: Send + 'static> ToolEnvironmentBuilder<S> {
     /// for a repeated name.
     pub fn build(self) -> Result<ToolEnvironmentFactory<S>> {
         let mut entries = Vec::with_capacity(self.tools.len());
-        let mut index = HashMap::new();
+        let mut index = HashMap::default();
         let mut advertised = Vec::new();
-        for (tool, is_advertised) in self.tools {
-            let spec = tool.spec().clone();
+        for (backend, is_advertised) in self.tools {
+            let spec = backend.spec().clone();
             let name = spec.name().to_string();
             if index.insert(name.clone(), entries.len()).is_some() {
                 return Err(Error::DuplicateTool(name));
@@ -155,12 +187,14 @@ impl<S: Send + 'static> ToolEnvironmentBuilder<S> {
                 .get("properties")
                 .and_then(Value::as_object)
                 .map(|p| p.keys().cloned().collect());
+            let fast = FastSchema::compile(spec.parameters());
             if is_advertised {
                 advertised.push(spec);
             }
             entries.push(Entry {
-                tool,
+                backend,
                 validator,
+                fast,
                 declared,
             });
         }
@@ -211,7 +245,7 @@ impl<S: Send + 'static> ToolEnvironmentFactory<S> {
 
     /// The names of every served tool, advertised or not.
     pub fn served(&self) -> impl Iterator<Item = &str> {
-        self.0.entries.iter().map(|e| e.tool.spec().name())
+        self.0.entries.iter().map(|e| e.backend.spec().name())
     }
 }
 
@@ -307,28 +341,24 @@ impl<S: Send + 'static> ToolEnvironment<S> {
             ));
         };
         let entry = &shared.entries[i];
+        if let Backend::Binding(binding) = &entry.backend {
+            return Self::call_binding(shared, entry, binding, episode, call);
+        }
         let parsed: Value = match serde_json::from_str(&call.arguments) {
             Ok(v) => v,
-            Err(e) => {
-                return Ok(ToolOutput::error_with(
-                    "invalid_json",
-                    format!("the arguments are not valid JSON: {e}"),
-                    tool_field(&call.name),
-                ));
-            }
+            Err(e) => return Ok(invalid_json(&call.name, &e)),
         };
         let Value::Object(args) = &parsed else {
-            return Ok(ToolOutput::error_with(
-                "wrong_type",
-                format!("the arguments must be a JSON object, got {parsed}"),
-                tool_field(&call.name),
-            ));
+            return Ok(not_an_object(&call.name, &call.arguments));
         };
         if shared.validation == Validation::Strict {
             if let Some(output) = strict_problems(entry, &call.name, &parsed, args) {
                 return Ok(output);
             }
         }
+        let Backend::Tool(tool) = &entry.backend else {
+            unreachable!("bindings returned above")
+        };
         let state = episode
             .state
             .as_mut()
@@ -338,16 +368,41 @@ impl<S: Send + 'static> ToolEnvironment<S> {
             sources: &mut episode.sources,
             task: &episode.task,
         };
-        std::panic::catch_unwind(AssertUnwindSafe(|| entry.tool.call(args, &mut cx))).map_err(
-            |payload| {
-                let msg = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a non-string panic".into());
-                mtrl_core::Error::environment(format!("tool `{}` panicked: {msg}", call.name))
-            },
-        )
+        guard(&call.name, || tool.call(args, &mut cx))
+    }
+
+    fn call_binding(
+        shared: &Shared<S>,
+        entry: &Entry<S>,
+        binding: &BindingTool,
+        episode: &mut EpisodeData<S>,
+        call: &ToolCall,
+    ) -> mtrl_core::Result<ToolOutput> {
+        let args: Py = match serde_json::from_str(&call.arguments) {
+            Ok(v) => v,
+            Err(e) => return Ok(invalid_json(&call.name, &e)),
+        };
+        let Py::Dict(pairs) = &args else {
+            return Ok(not_an_object(&call.name, &call.arguments));
+        };
+        if shared.validation == Validation::Strict {
+            let undeclared = pairs.iter().any(|(k, _)| match (k, &entry.declared) {
+                (Py::Str(k), Some(d)) => !d.contains(&**k),
+                _ => false,
+            });
+            let fast_ok = !undeclared && entry.fast.as_ref().is_some_and(|f| f.is_valid(&args));
+            if !fast_ok {
+                // The slow path: jsonschema decides, and explains.
+                let parsed: Value = serde_json::from_str(&call.arguments)?;
+                if let Value::Object(map) = &parsed {
+                    if let Some(output) = strict_problems(entry, &call.name, &parsed, map) {
+                        return Ok(output);
+                    }
+                }
+            }
+        }
+        let sources = &mut episode.sources;
+        guard(&call.name, || binding.run(&args, sources))
     }
 
     /// Answers one assistant message (what [`Environment::step`] does).
@@ -378,6 +433,37 @@ impl<S: Send + 'static> ToolEnvironment<S> {
     }
 }
 
+fn invalid_json(tool: &str, e: &serde_json::Error) -> ToolOutput {
+    ToolOutput::error_with(
+        "invalid_json",
+        format!("the arguments are not valid JSON: {e}"),
+        tool_field(tool),
+    )
+}
+
+fn not_an_object(tool: &str, text: &str) -> ToolOutput {
+    ToolOutput::error_with(
+        "wrong_type",
+        format!(
+            "the arguments must be a JSON object, got {:.80}",
+            text.trim()
+        ),
+        tool_field(tool),
+    )
+}
+
+/// Runs a tool, turning a panic into an environment error.
+fn guard(tool: &str, f: impl FnOnce() -> ToolOutput) -> mtrl_core::Result<ToolOutput> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-string panic".into());
+        mtrl_core::Error::environment(format!("tool `{tool}` panicked: {msg}"))
+    })
+}
+
 fn tool_field(name: &str) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("tool".into(), Value::String(name.to_string()));
@@ -396,10 +482,10 @@ fn strict_problems<S>(
     if entry.validator.is_valid(parsed) && !args.keys().any(undeclared) {
         return None;
     }
-    let mut problems: Vec<(String, String, String)> = Vec::new();
+    let mut problems: Vec<(&str, String, String)> = Vec::new();
     for key in args.keys().filter(|k| undeclared(k)) {
         problems.push((
-            "unexpected_argument".into(),
+            "unexpected_argument",
             key.clone(),
             format!("`{key}` is not an argument of `{tool}`"),
         ));
@@ -424,28 +510,70 @@ fn strict_problems<S>(
             K::Type { .. } => ("wrong_type", argument, format!("{path}: {err}")),
             _ => ("invalid_value", argument, format!("{path}: {err}")),
         };
-        problems.push((kind.into(), argument, message));
+        problems.push((kind, argument, message));
     }
     let first = problems.first()?;
     let kind = if problems.iter().all(|p| p.0 == first.0) {
-        first.0.clone()
+        first.0
     } else {
-        "invalid_arguments".to_string()
+        "invalid_arguments"
     };
-    let message = problems
-        .iter()
-        .map(|p| p.2.as_str())
-        .collect::<Vec<_>>()
-        .join("; ");
-    let mut extra = tool_field(tool);
-    extra.insert(
-        "problems".into(),
-        problems
-            .iter()
-            .map(|(k, a, m)| json!({"type": k, "argument": a, "message": m}))
-            .collect(),
-    );
-    Some(ToolOutput::error_with(kind, message, extra))
+    // Written directly: this is the hot path of a model that keeps getting arguments wrong.
+    let mut text = String::with_capacity(160);
+    text.push_str("{\"error\":{\"type\":");
+    push_json_str(&mut text, kind);
+    text.push_str(",\"message\":");
+    let mut joined = String::new();
+    for (i, p) in problems.iter().enumerate() {
+        if i > 0 {
+            joined.push_str("; ");
+        }
+        joined.push_str(&p.2);
+    }
+    push_json_str(&mut text, &joined);
+    text.push_str(",\"tool\":");
+    push_json_str(&mut text, tool);
+    text.push_str(",\"problems\":[");
+    for (i, (k, a, m)) in problems.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str("{\"type\":");
+        push_json_str(&mut text, k);
+        text.push_str(",\"argument\":");
+        push_json_str(&mut text, a);
+        text.push_str(",\"message\":");
+        push_json_str(&mut text, m);
+        text.push('}');
+    }
+    text.push_str("]}}");
+    Some(ToolOutput::error_text(kind, text))
+}
+
+/// Appends `s` as a JSON string.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            let _ = std::fmt::Write::write_fmt(out, format_args!("\\u{b:04x}"));
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
 impl<S> Drop for ToolEnvironment<S> {

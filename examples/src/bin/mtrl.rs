@@ -114,9 +114,16 @@ fn run_audit(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
     match &args.out {
         Some(path) => {
             std::fs::write(path, &json)?;
-            eprintln!("{flags} flag(s) over {} domain(s); JSON report written to {}", reports.len(), path.display());
+            eprintln!(
+                "{flags} flag(s) over {} domain(s); JSON report written to {}",
+                reports.len(),
+                path.display()
+            );
         }
-        None => eprintln!("{flags} flag(s) over {} domain(s); report printed above", reports.len()),
+        None => eprintln!(
+            "{flags} flag(s) over {} domain(s); report printed above",
+            reports.len()
+        ),
     }
     Ok(())
 }

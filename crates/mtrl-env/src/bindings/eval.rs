@@ -41,7 +41,7 @@ enum Slot {
 pub(crate) struct Machine<'a> {
     pub table: Option<&'a Table>,
     pub sources: &'a mut dyn BindingSources,
-    slots: Vec<Slot>,
+    slots: SmallVec<[Slot; 16]>,
     names: &'a [Arc<str>],
 }
 
@@ -55,7 +55,7 @@ impl<'a> Machine<'a> {
         sources: &'a mut dyn BindingSources,
         names: &'a [Arc<str>],
     ) -> Self {
-        let mut slots = Vec::with_capacity(names.len());
+        let mut slots = SmallVec::with_capacity(names.len());
         slots.resize_with(names.len(), || Slot::Unset);
         Self {
             table,
@@ -71,6 +71,56 @@ impl<'a> Machine<'a> {
 
     fn name(&self, sym: Sym) -> &str {
         self.names.get(usize::from(sym)).map_or("?", |n| n)
+    }
+
+    /// The value of a variable, a cell or a literal, by reference (no clone).
+    fn peek<'e>(&'e self, e: &'e Expr) -> Option<&'e Py> {
+        match e {
+            Expr::Lit(v) => Some(v),
+            Expr::Var(sym) => match &self.slots[usize::from(*sym)] {
+                Slot::Val(v) => Some(v),
+                _ => None,
+            },
+            Expr::Col { row, col } => match (&self.slots[usize::from(*row)], self.table) {
+                (Slot::Row(i), Some(t)) => Some(&t.rows[*i][*col]),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The truthiness of an expression, without building values where it can be avoided.
+    fn truth(&mut self, e: &Expr) -> PyResult<bool> {
+        if let Some(v) = self.peek(e) {
+            return Ok(v.truthy());
+        }
+        match e {
+            Expr::Op(Op::Not, a) => Ok(!self.truth(&a[0])?),
+            Expr::Op(Op::Bool, a) => self.truth(&a[0]),
+            Expr::Op(Op::Or, a) => {
+                for x in a {
+                    if self.truth(x)? {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+            Expr::Op(Op::And, a) => {
+                for x in a {
+                    if !self.truth(x)? {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+            Expr::Op(Op::IsNone, a) if self.peek(&a[0]).is_some() => {
+                Ok(matches!(self.peek(&a[0]), Some(Py::None)))
+            }
+            Expr::Op(Op::IsNa, a) if self.peek(&a[0]).is_some() => Ok(self
+                .peek(&a[0])
+                .is_some_and(|v| matches!(v, Py::None) || v.is_nan())),
+            _ => Ok(self.eval(e)?.truthy()),
+        }
     }
 
     /// Runs steps; `Some(value)` when one returned.
@@ -96,7 +146,7 @@ impl<'a> Machine<'a> {
     fn step(&mut self, step: &Step) -> PyResult<Option<Py>> {
         match step {
             Step::If { cond, then } => {
-                if self.eval(cond)?.truthy() {
+                if self.truth(cond)? {
                     return self.then(then).map(Some);
                 }
             }
@@ -128,51 +178,26 @@ impl<'a> Machine<'a> {
                 let table = self.table.ok_or_else(|| {
                     PyError::new("RuntimeError", "a lookup in a binding without a table")
                 })?;
-                let n = table.rows.len();
-                // Evaluate every condition first, in order, as pandas does.
-                let mut values = Vec::with_capacity(conditions.len());
-                for (col, e) in conditions {
-                    let v = self.eval(e)?;
-                    let dtype = table.columns[*col].1;
-                    match &v {
-                        Py::List(items) | Py::Tuple(items) => {
-                            if items.len() != n {
-                                return err(
-                                    "ValueError",
-                                    format!(
-                                        "('Lengths must match to compare', ({n},), ({},))",
-                                        items.len()
-                                    ),
-                                );
-                            }
-                            return err(
-                                "NotImplementedError",
-                                "element-wise comparison of a list argument with a column is not modelled",
-                            );
-                        }
-                        Py::Dict(d) if dtype == Dtype::Str => {
-                            return err(
-                                "ValueError",
-                                format!("Lengths of operands do not match: {n} != {}", d.len()),
-                            );
-                        }
-                        _ => {}
+                // Evaluate every condition first, in order, as pandas does (by reference when
+                // they are plain variables, cells or literals).
+                let by_reference = conditions.iter().all(|(_, e)| self.peek(e).is_some());
+                let hit_rows = match by_reference {
+                    true => {
+                        let values: SmallVec<[(usize, &Py); 4]> = conditions
+                            .iter()
+                            .filter_map(|(c, e)| self.peek(e).map(|v| (*c, v)))
+                            .collect();
+                        match_rows(table, &values)?
                     }
-                    values.push((*col, dtype, v));
-                }
-                // The first condition's index gives the candidates; the rest filter them.
-                let hit_rows: Vec<usize> = match values.split_first() {
-                    None => (0..n).collect(),
-                    Some(((col, _, v), rest)) => table
-                        .candidates(*col, v)
-                        .iter()
-                        .map(|&r| r as usize)
-                        .filter(|&r| {
-                            let row = &table.rows[r];
-                            pandas_eq(&row[*col], v, table.columns[*col].1)
-                                && rest.iter().all(|(c, dt, v)| pandas_eq(&row[*c], v, *dt))
-                        })
-                        .collect(),
+                    false => {
+                        let mut owned: SmallVec<[(usize, Py); 4]> = SmallVec::new();
+                        for (c, e) in conditions {
+                            owned.push((*c, self.eval(e)?));
+                        }
+                        let values: SmallVec<[(usize, &Py); 4]> =
+                            owned.iter().map(|(c, v)| (*c, v)).collect();
+                        match_rows(table, &values)?
+                    }
                 };
                 match hit_rows.as_slice() {
                     [] => return self.then(none).map(Some),
@@ -219,7 +244,10 @@ impl<'a> Machine<'a> {
             },
             Expr::Col { row, col } => match (&self.slots[usize::from(*row)], self.table) {
                 (Slot::Row(i), Some(t)) => Ok(t.rows[*i][*col].clone()),
-                _ => err("NameError", format!("no row bound as '{}'", self.name(*row))),
+                _ => err(
+                    "NameError",
+                    format!("no row bound as '{}'", self.name(*row)),
+                ),
             },
             Expr::Fmt(parts, values) => {
                 let mut out = parts[0].clone();
@@ -315,6 +343,10 @@ impl<'a> Machine<'a> {
                     now.get(..10).unwrap_or(&now)
                 }))
             }
+            Expr::Op(Op::And | Op::Or | Op::Not | Op::Bool, _) => Ok(Py::Bool(self.truth(e)?)),
+            Expr::Op(Op::IsNone | Op::IsNa, a) if self.peek(&a[0]).is_some() => {
+                Ok(Py::Bool(self.truth(e)?))
+            }
             Expr::Op(op, args) => self.op(*op, args),
         }
     }
@@ -324,27 +356,14 @@ impl<'a> Machine<'a> {
         // Lazy operators first.
         match op {
             If => {
-                return if self.eval(&a[0])?.truthy() {
+                return if self.truth(&a[0])? {
                     self.eval(&a[1])
                 } else {
                     self.eval(&a[2])
                 };
             }
-            And => {
-                for x in a {
-                    if !self.eval(x)?.truthy() {
-                        return Ok(Py::Bool(false));
-                    }
-                }
-                return Ok(Py::Bool(true));
-            }
-            Or => {
-                for x in a {
-                    if self.eval(x)?.truthy() {
-                        return Ok(Py::Bool(true));
-                    }
-                }
-                return Ok(Py::Bool(false));
+            And | Or | Not | Bool => {
+                unreachable!("evaluated through `truth` by `eval`")
             }
             Random => return Ok(Py::Float(self.sources.random())),
             Uuid4Hex => return Ok(Py::str(&self.sources.uuid4_hex())),
@@ -356,8 +375,7 @@ impl<'a> Machine<'a> {
         }
         match op {
             Get => get(&v[0], &v[1], v.get(2)),
-            Not => Ok(Py::Bool(!v[0].truthy())),
-            Bool => Ok(Py::Bool(v[0].truthy())),
+
             IsNone => Ok(Py::Bool(matches!(v[0], Py::None))),
             IsNa => Ok(Py::Bool(matches!(v[0], Py::None) || v[0].is_nan())),
             Eq | Ne => {
@@ -472,9 +490,56 @@ impl<'a> Machine<'a> {
                 }
                 Ok(acc)
             }
-            If | And | Or | Random | Uuid4Hex => unreachable!("handled above"),
+            If | And | Or | Not | Bool | Random | Uuid4Hex => unreachable!("handled above"),
         }
     }
+}
+
+/// The rows where every `column == value` holds under pandas' rules, in file order.
+fn match_rows(table: &Table, values: &[(usize, &Py)]) -> PyResult<SmallVec<[usize; 4]>> {
+    let n = table.rows.len();
+    for (col, v) in values {
+        match v {
+            Py::List(items) | Py::Tuple(items) => {
+                if items.len() != n {
+                    return err(
+                        "ValueError",
+                        format!(
+                            "('Lengths must match to compare', ({n},), ({},))",
+                            items.len()
+                        ),
+                    );
+                }
+                return err(
+                    "NotImplementedError",
+                    "element-wise comparison of a list argument with a column is not modelled",
+                );
+            }
+            Py::Dict(d) if table.columns[*col].1 == Dtype::Str => {
+                return err(
+                    "ValueError",
+                    format!("Lengths of operands do not match: {n} != {}", d.len()),
+                );
+            }
+            _ => {}
+        }
+    }
+    let Some(((col, v), rest)) = values.split_first() else {
+        return Ok((0..n).collect());
+    };
+    // The first condition's index gives the candidates; the rest filter them.
+    Ok(table
+        .candidates(*col, v)
+        .iter()
+        .map(|&r| r as usize)
+        .filter(|&r| {
+            let row = &table.rows[r];
+            pandas_eq(&row[*col], v, table.columns[*col].1)
+                && rest
+                    .iter()
+                    .all(|(c, v)| pandas_eq(&row[*c], v, table.columns[*c].1))
+        })
+        .collect())
 }
 
 fn char_offset(s: &str, e: &serde_json::Error) -> usize {

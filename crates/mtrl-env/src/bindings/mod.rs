@@ -35,10 +35,11 @@
 mod compile;
 mod eval;
 mod literal;
+pub(crate) mod schema;
 pub(crate) mod table;
 mod value;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 pub use eval::BindingSources;
@@ -220,7 +221,7 @@ impl Bindings {
             return Err(bad(&domain, "missing `tools`".into()));
         };
         let mut tools = Vec::with_capacity(tool_list.len());
-        let mut index = HashMap::new();
+        let mut index = HashMap::default();
         for t in tool_list {
             let Py::Dict(t) = t else {
                 return Err(bad(&domain, "a tool must be an object".into()));
@@ -243,7 +244,11 @@ impl Bindings {
                             let n = text(field(d, "name")).ok_or_else(|| {
                                 bad(&scope.what, "a parameter without a name".into())
                             })?;
-                            params.push((Arc::from(n), scope.sym(n)?, field(d, "default").cloned()));
+                            params.push((
+                                Arc::from(n),
+                                scope.sym(n)?,
+                                field(d, "default").cloned(),
+                            ));
                         }
                         _ => return Err(bad(&scope.what, "a bad parameter".into())),
                     }
@@ -351,11 +356,17 @@ impl Bindings {
         };
         let cls = &self.manager_class;
         for (k, _) in given {
-            let k = k.py_str();
-            if !t.params.iter().any(|(n, _, _)| **n == *k) {
+            let known = match k {
+                Py::Str(k) => t.params.iter().any(|(n, _, _)| **n == **k),
+                _ => false,
+            };
+            if !known {
                 return Err(PyError::new(
                     "TypeError",
-                    format!("{cls}.{tool}() got an unexpected keyword argument '{k}'"),
+                    format!(
+                        "{cls}.{tool}() got an unexpected keyword argument '{}'",
+                        k.py_str()
+                    ),
                 ));
             }
         }

@@ -50,31 +50,20 @@ pub struct Table {
     pub(crate) columns: Vec<(String, Dtype)>,
     pub(crate) rows: Vec<Vec<Py>>,
     /// Per column, the rows holding each value (NaN cells are in no entry).
-    index: Vec<FxHashMap<Key, Vec<u32>>>,
+    index: Vec<ColumnIndex>,
 }
 
-/// A cell value as an index key: text, or a number (ints and bools as their float value;
+/// The rows of one column by value: text, or a number (ints and bools as their float value,
 /// `-0.0` as `0.0`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
-    Text(Arc<str>),
-    Num(u64),
+#[derive(Debug, Clone, Default)]
+struct ColumnIndex {
+    text: FxHashMap<Arc<str>, Vec<u32>>,
+    num: FxHashMap<u64, Vec<u32>>,
 }
 
-impl Key {
-    fn of(v: &Py) -> Option<Key> {
-        match v {
-            Py::Str(s) => Some(Key::Text(s.clone())),
-            other => {
-                let f = other.num()?.f();
-                if f.is_nan() {
-                    None
-                } else {
-                    Some(Key::Num((f + 0.0).to_bits()))
-                }
-            }
-        }
-    }
+fn num_key(v: &Py) -> Option<u64> {
+    let f = v.num()?.f();
+    (!f.is_nan()).then(|| (f + 0.0).to_bits())
 }
 
 impl Table {
@@ -128,11 +117,16 @@ impl Table {
             }
             rows.push(row);
         }
-        let mut index: Vec<FxHashMap<Key, Vec<u32>>> = vec![FxHashMap::default(); columns.len()];
+        let mut index: Vec<ColumnIndex> = vec![ColumnIndex::default(); columns.len()];
         for (r, row) in rows.iter().enumerate() {
             for (c, cell) in row.iter().enumerate() {
-                if let Some(k) = Key::of(cell) {
-                    index[c].entry(k).or_default().push(r as u32);
+                match cell {
+                    Py::Str(s) => index[c].text.entry(s.clone()).or_default().push(r as u32),
+                    other => {
+                        if let Some(k) = num_key(other) {
+                            index[c].num.entry(k).or_default().push(r as u32);
+                        }
+                    }
                 }
             }
         }
@@ -146,15 +140,13 @@ impl Table {
     /// The rows whose cell in `column` may equal `value` under pandas' rules (a superset of
     /// the matches: callers still compare), in file order.
     pub(crate) fn candidates(&self, column: usize, value: &Py) -> &[u32] {
-        let dtype = self.columns[column].1;
-        let key = match (dtype, value) {
-            (Dtype::Str, Py::Str(_)) => Key::of(value),
+        let index = &self.index[column];
+        let hits = match (self.columns[column].1, value) {
+            (Dtype::Str, Py::Str(s)) => index.text.get(&**s),
             (Dtype::Str, _) => None,
-            (_, v) if v.num().is_some() => Key::of(v),
-            _ => None,
+            (_, v) => num_key(v).and_then(|k| index.num.get(&k)),
         };
-        key.and_then(|k| self.index[column].get(&k))
-            .map_or(&[], Vec::as_slice)
+        hits.map_or(&[], Vec::as_slice)
     }
 
     /// The number of rows.

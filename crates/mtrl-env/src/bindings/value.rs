@@ -378,6 +378,16 @@ pub fn float_repr(f: f64) -> String {
     if f.is_infinite() {
         return if f > 0.0 { "inf" } else { "-inf" }.into();
     }
+    // In Python's fixed-notation range, Rust's shortest round-trip `Display` has the same
+    // digits; Python adds `.0` to whole numbers.
+    let a = f.abs();
+    if a == 0.0 || (1e-4..1e16).contains(&a) {
+        let mut s = f.to_string();
+        if !s.contains('.') {
+            s.push_str(".0");
+        }
+        return s;
+    }
     // Rust's `{:e}` gives the shortest round-trip digits: `-1.2345e-7`.
     let sci = format!("{f:e}");
     let (mantissa, exp) = sci.split_once('e').expect("`{:e}` always has an exponent");
@@ -527,10 +537,9 @@ impl<'de> Deserialize<'de> for Py {
                 Ok(Py::List(v))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Py, A::Error> {
-                let mut d: Vec<(Py, Py)> = Vec::new();
-                while let Some((k, v)) = map.next_entry::<String, Py>()? {
+                let mut d: Vec<(Py, Py)> = Vec::with_capacity(map.size_hint().unwrap_or(4));
+                while let Some((k, v)) = map.next_entry::<Py, Py>()? {
                     // A repeated key keeps its first position and takes the last value.
-                    let k = Py::str(&k);
                     match d.iter_mut().find(|(k2, _)| k2.py_eq(&k)) {
                         Some(slot) => slot.1 = v,
                         None => d.push((k, v)),

@@ -446,12 +446,19 @@ impl Domain {
 
     /// Each labelled row as column → cell text, by task id (`<domain>:<row>`). For trusted
     /// harnesses (audits, scripted experts, benchmarks), never for a policy.
-    pub fn rows_by_task(&self) -> std::collections::HashMap<String, std::collections::HashMap<String, String>> {
+    pub fn rows_by_task(
+        &self,
+    ) -> std::collections::HashMap<String, std::collections::HashMap<String, String>> {
         self.rows
             .iter()
             .enumerate()
             .map(|(i, row)| {
-                let cells = self.header.iter().cloned().zip(row.iter().cloned()).collect();
+                let cells = self
+                    .header
+                    .iter()
+                    .cloned()
+                    .zip(row.iter().cloned())
+                    .collect();
                 (format!("{}:{i}", self.name), cells)
             })
             .collect()
@@ -568,7 +575,7 @@ impl Domain {
                     .validation(Validation::Strict)
                     .prompt(move |task, _| Ok(prompt_messages(&sop, &outputs, task)));
                 for spec in &self.tools {
-                    builder = builder.tool(BindingTool::new(
+                    builder = builder.binding_tool(BindingTool::new(
                         self.bindings.clone(),
                         spec.clone(),
                         WireStyle::StrictJson,

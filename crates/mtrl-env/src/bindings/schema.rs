@@ -1,0 +1,239 @@
+//! A fast JSON Schema check on [`Py`] values, for the subset of keywords tool specs use
+//! (`type`, `properties`, `required`, `additionalProperties: bool`, `enum`, `pattern`,
+//! `minimum`, `maximum`, `minLength`, `maxLength`, `items`, `minItems`, `maxItems`, and the
+//! annotations). A schema with any other keyword is not compiled, and callers use the
+//! `jsonschema` crate instead; on a failure, callers also ask `jsonschema` for the messages.
+//! A test checks that both agree on every SOP-Bench call.
+
+use regex::Regex;
+use serde_json::Value;
+
+use super::value::Py;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JType {
+    Null,
+    Boolean,
+    Integer,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+/// A compiled schema node.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FastSchema {
+    types: Option<Vec<JType>>,
+    properties: Vec<(String, FastSchema)>,
+    required: Vec<String>,
+    closed: bool,
+    pattern: Option<Regex>,
+    choices: Option<Vec<Py>>,
+    minimum: Option<f64>,
+    maximum: Option<f64>,
+    min_length: Option<usize>,
+    max_length: Option<usize>,
+    items: Option<Box<FastSchema>>,
+    min_items: Option<usize>,
+    max_items: Option<usize>,
+}
+
+impl FastSchema {
+    /// Compiles a schema, or `None` when it uses a keyword this subset does not cover.
+    pub(crate) fn compile(schema: &Value) -> Option<Self> {
+        let obj = schema.as_object()?;
+        let mut s = FastSchema::default();
+        for (key, v) in obj {
+            match key.as_str() {
+                "description" | "examples" | "example" | "title" | "default" | "$comment"
+                | "format" => {}
+                "type" => {
+                    let names: Vec<&str> = match v {
+                        Value::String(t) => vec![t.as_str()],
+                        Value::Array(a) => a.iter().map(Value::as_str).collect::<Option<_>>()?,
+                        _ => return None,
+                    };
+                    let types = names
+                        .into_iter()
+                        .map(|n| {
+                            Some(match n {
+                                "null" => JType::Null,
+                                "boolean" => JType::Boolean,
+                                "integer" => JType::Integer,
+                                "number" => JType::Number,
+                                "string" => JType::String,
+                                "array" => JType::Array,
+                                "object" => JType::Object,
+                                _ => return None,
+                            })
+                        })
+                        .collect::<Option<Vec<_>>>()?;
+                    s.types = Some(types);
+                }
+                "properties" => {
+                    for (name, sub) in v.as_object()? {
+                        s.properties.push((name.clone(), FastSchema::compile(sub)?));
+                    }
+                }
+                "required" => {
+                    s.required = v
+                        .as_array()?
+                        .iter()
+                        .map(|r| r.as_str().map(str::to_string))
+                        .collect::<Option<_>>()?;
+                }
+                "additionalProperties" => s.closed = !v.as_bool()?,
+                "pattern" => s.pattern = Some(Regex::new(&ascii_classes(v.as_str()?)?).ok()?),
+                "enum" => {
+                    s.choices = Some(v.as_array()?.iter().map(Py::from_json).collect());
+                }
+                "minimum" => s.minimum = Some(v.as_f64()?),
+                "maximum" => s.maximum = Some(v.as_f64()?),
+                "minLength" => s.min_length = Some(usize::try_from(v.as_u64()?).ok()?),
+                "maxLength" => s.max_length = Some(usize::try_from(v.as_u64()?).ok()?),
+                "minItems" => s.min_items = Some(usize::try_from(v.as_u64()?).ok()?),
+                "maxItems" => s.max_items = Some(usize::try_from(v.as_u64()?).ok()?),
+                "items" if v.is_object() => s.items = Some(Box::new(FastSchema::compile(v)?)),
+                _ => return None,
+            }
+        }
+        Some(s)
+    }
+
+    /// Whether `v` is valid.
+    pub(crate) fn is_valid(&self, v: &Py) -> bool {
+        if let Some(types) = &self.types {
+            if !types.iter().any(|t| has_type(v, *t)) {
+                return false;
+            }
+        }
+        if let Some(choices) = &self.choices {
+            if !choices.iter().any(|c| json_eq(c, v)) {
+                return false;
+            }
+        }
+        match v {
+            Py::Str(s) => {
+                if let Some(re) = &self.pattern {
+                    if !re.is_match(s) {
+                        return false;
+                    }
+                }
+                if self.min_length.is_some() || self.max_length.is_some() {
+                    let n = s.chars().count();
+                    if self.min_length.is_some_and(|m| n < m)
+                        || self.max_length.is_some_and(|m| n > m)
+                    {
+                        return false;
+                    }
+                }
+            }
+            Py::Int(_) | Py::Float(_) => {
+                let f = v.num().map(|n| n.f()).unwrap_or(f64::NAN);
+                if self.minimum.is_some_and(|m| f < m) || self.maximum.is_some_and(|m| f > m) {
+                    return false;
+                }
+            }
+            Py::List(items) => {
+                if self.min_items.is_some_and(|m| items.len() < m)
+                    || self.max_items.is_some_and(|m| items.len() > m)
+                {
+                    return false;
+                }
+                if let Some(schema) = &self.items {
+                    if !items.iter().all(|x| schema.is_valid(x)) {
+                        return false;
+                    }
+                }
+            }
+            Py::Dict(d) => {
+                let has = |name: &str| {
+                    d.iter()
+                        .any(|(k, _)| matches!(k, Py::Str(s) if &**s == name))
+                };
+                if !self.required.iter().all(|r| has(r)) {
+                    return false;
+                }
+                for (k, value) in d {
+                    let Py::Str(k) = k else { return false };
+                    match self.properties.iter().find(|(n, _)| n == &**k) {
+                        Some((_, sub)) if !sub.is_valid(value) => return false,
+                        Some(_) => {}
+                        None if self.closed => return false,
+                        None => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+        true
+    }
+}
+
+fn has_type(v: &Py, t: JType) -> bool {
+    match (t, v) {
+        (JType::Null, Py::None) | (JType::Boolean, Py::Bool(_)) | (JType::String, Py::Str(_)) => {
+            true
+        }
+        (JType::Array, Py::List(_)) | (JType::Object, Py::Dict(_)) => true,
+        (JType::Number, Py::Int(_) | Py::Float(_)) => true,
+        (JType::Integer, Py::Int(_)) => true,
+        (JType::Integer, Py::Float(f)) => f.is_finite() && f.fract() == 0.0,
+        _ => false,
+    }
+}
+
+/// JSON equality: booleans are not numbers; numbers compare by value.
+fn json_eq(a: &Py, b: &Py) -> bool {
+    match (a, b) {
+        (Py::Bool(x), Py::Bool(y)) => x == y,
+        (Py::Bool(_), _) | (_, Py::Bool(_)) => false,
+        (Py::List(x), Py::List(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q))
+        }
+        (Py::Dict(x), Py::Dict(y)) => {
+            x.len() == y.len()
+                && x.iter().all(|(k, v)| {
+                    y.iter()
+                        .find(|(k2, _)| k2.py_eq(k))
+                        .is_some_and(|(_, w)| json_eq(v, w))
+                })
+        }
+        _ => a.py_eq(b),
+    }
+}
+
+/// ECMA-262 `\d` and `\w` are ASCII-only; the `regex` crate's are Unicode. Translates them,
+/// and gives up (`None`) on the other escapes whose meaning differs.
+fn ascii_classes(pattern: &str) -> Option<String> {
+    let mut out = String::with_capacity(pattern.len() + 8);
+    let mut chars = pattern.chars();
+    let mut in_class = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next()? {
+                'd' if in_class => out.push_str("0-9"),
+                'd' => out.push_str("[0-9]"),
+                'w' if in_class => out.push_str("A-Za-z0-9_"),
+                'w' => out.push_str("[A-Za-z0-9_]"),
+                'D' | 'W' | 's' | 'S' | 'b' | 'B' | 'u' | 'c' | 'p' | 'P' | 'k' => return None,
+                other => {
+                    out.push('\\');
+                    out.push(other);
+                }
+            },
+            '[' if !in_class => {
+                in_class = true;
+                out.push(c);
+            }
+            ']' if in_class => {
+                in_class = false;
+                out.push(c);
+            }
+            '(' if chars.as_str().starts_with('?') => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
