@@ -35,7 +35,7 @@
 mod compile;
 mod eval;
 mod literal;
-pub(crate) mod schema;
+pub mod schema;
 pub(crate) mod table;
 mod value;
 

@@ -21,9 +21,9 @@ enum JType {
     Object,
 }
 
-/// A compiled schema node.
+/// A compiled schema (see the module docs for the keywords it covers).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct FastSchema {
+pub struct FastSchema {
     types: Option<Vec<JType>>,
     properties: Vec<(String, FastSchema)>,
     required: Vec<String>,
@@ -41,7 +41,7 @@ pub(crate) struct FastSchema {
 
 impl FastSchema {
     /// Compiles a schema, or `None` when it uses a keyword this subset does not cover.
-    pub(crate) fn compile(schema: &Value) -> Option<Self> {
+    pub fn compile(schema: &Value) -> Option<Self> {
         let obj = schema.as_object()?;
         let mut s = FastSchema::default();
         for (key, v) in obj {
@@ -102,7 +102,7 @@ impl FastSchema {
     }
 
     /// Whether `v` is valid.
-    pub(crate) fn is_valid(&self, v: &Py) -> bool {
+    pub fn is_valid(&self, v: &Py) -> bool {
         if let Some(types) = &self.types {
             if !types.iter().any(|t| has_type(v, *t)) {
                 return false;
