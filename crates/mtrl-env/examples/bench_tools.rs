@@ -81,6 +81,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let steps_per_s = n as f64 / start.elapsed().as_secs_f64();
+    // Parity mode: no schema validation, upstream's exact text.
+    let SopBenchFactory::Parity(parity) = domain.environment(Mode::Parity)? else {
+        unreachable!("parity mode")
+    };
+    let mut penv = parity.environment();
+    let mut n = 0usize;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        for c in &calls {
+            n += usize::from(!penv.call_raw(&c.name, &c.arguments).text.is_empty());
+        }
+    }
+    let parity_per_s = n as f64 / start.elapsed().as_secs_f64();
     println!("domain: {domain_name}");
     println!(
         "calls: {} distinct ({} tools × {} rows), {ok} succeed",
@@ -92,5 +105,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  of which succeeding calls only:                          {good_per_s:.0}");
     println!("  of which failing calls only (validation or tool errors): {bad_per_s:.0}");
     println!("environment steps per second (one call per step):        {steps_per_s:.0}");
+    println!("tool calls per second in parity mode (no validation):     {parity_per_s:.0}");
     Ok(())
 }

@@ -432,6 +432,13 @@ fn json_float(f: f64) -> String {
 
 fn json_str(s: &str, out: &mut String) {
     out.push('"');
+    if s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     // Copy runs of plain printable ASCII at once; escape the rest.
     let bytes = s.as_bytes();
     let mut start = 0;

@@ -7,14 +7,14 @@ use mtrl_core::{Environment, EnvironmentFactory, Episode, Message, Reset, Step, 
 use serde_json::{Value, json};
 
 use super::{Domain, prompt_messages};
-use crate::bindings::{BindingTool, Bindings, Py, WireStyle};
+use crate::bindings::{BindingTool, Py, WireStyle};
 use crate::sources::EpisodeSources;
 use crate::tool::ToolOutput;
 
 /// Makes [`ParityEnvironment`]s for one domain.
 #[derive(Clone)]
 pub struct ParityFactory {
-    bindings: Arc<Bindings>,
+    served: Arc<Vec<BindingTool>>,
     tools: Arc<Vec<ToolSpec>>,
     sop: Arc<String>,
     outputs: Arc<Vec<String>>,
@@ -22,8 +22,15 @@ pub struct ParityFactory {
 
 impl ParityFactory {
     pub(super) fn new(domain: &Domain) -> Self {
+        let served = domain
+            .tools
+            .iter()
+            .map(|spec| {
+                BindingTool::new(domain.bindings.clone(), spec.clone(), WireStyle::Upstream)
+            })
+            .collect();
         Self {
-            bindings: domain.bindings.clone(),
+            served: Arc::new(served),
             tools: Arc::new(domain.tools.clone()),
             sop: Arc::new(domain.sop.clone()),
             outputs: Arc::new(domain.output_columns.clone()),
@@ -61,7 +68,12 @@ pub struct ParityEnvironment {
 impl ParityEnvironment {
     /// Runs one call from its raw argument text.
     pub fn call_raw(&mut self, name: &str, arguments: &str) -> ToolOutput {
-        let Some(spec) = self.factory.tools.iter().find(|t| t.name() == name) else {
+        let Some(tool) = self
+            .factory
+            .served
+            .iter()
+            .find(|t| <BindingTool as crate::Tool>::spec(t).name() == name)
+        else {
             let names: Vec<&str> = self.factory.tools.iter().map(ToolSpec::name).collect();
             return ToolOutput::error_text(
                 "ValueError",
@@ -80,12 +92,7 @@ impl ParityEnvironment {
                 );
             }
         };
-        BindingTool::new(
-            self.factory.bindings.clone(),
-            spec.clone(),
-            WireStyle::Upstream,
-        )
-        .run(&args, &mut self.sources)
+        tool.run(&args, &mut self.sources)
     }
 }
 
