@@ -6,9 +6,17 @@
 //!
 //! - [`ToolEnvironment`]: serves [`Tool`]s, validating arguments strictly against their JSON
 //!   Schemas and answering malformed calls with structured errors the model can recover from.
+//!   Tools are Rust types or closures ([`tool_fn`]), stateful tools on per-episode state built
+//!   from the seed and torn down however the episode ends, or recorded tools declared as data
+//!   ([`bindings`]).
 //! - [`EpisodeSources`]: the seeded random, clock and uuid sources tools must use.
 //! - [`layers`]: a per-step time limit, seeded fault injection, a recorder and replayer, and
-//!   tool-output truncation, composed with [`EnvironmentExt::layer`].
+//!   tool-output truncation, composed with [`EnvironmentExt::layer`] or
+//!   [`layers::EnvironmentFactoryExt::layer`].
+//! - [`sop_bench`]: all 14 SOP-Bench domains, from a directory or the hub, with licence flags,
+//!   diagnostics, tasks, splits, and strict and upstream-parity environments.
+//! - [`audit`]: determinism, seed-dependence, answer leaks, schema fidelity and tool coverage,
+//!   for any environment.
 
 pub mod audit;
 pub mod bindings;
