@@ -22,10 +22,17 @@ fn audit_all_domains_from_one_command() {
         .arg(&out_file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let table = String::from_utf8(out.stdout).unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("auditing 14 SOP-Bench domain(s)"), "{stderr}");
+    assert!(
+        stderr.contains("auditing 14 SOP-Bench domain(s)"),
+        "{stderr}"
+    );
     assert!(stderr.contains("JSON report written to"), "{stderr}");
     let row = |name: &str| {
         table
@@ -48,9 +55,15 @@ fn audit_all_domains_from_one_command() {
     std::fs::remove_file(&out_file).unwrap();
     let reports = json.as_array().unwrap();
     assert_eq!(reports.len(), 14);
-    let flagged: usize = reports.iter().map(|r| r["findings"].as_array().unwrap().len()).sum();
+    let flagged: usize = reports
+        .iter()
+        .map(|r| r["findings"].as_array().unwrap().len())
+        .sum();
     assert_eq!(flagged, 9);
-    let cf = reports.iter().find(|r| r["name"] == "content_flagging").unwrap();
+    let cf = reports
+        .iter()
+        .find(|r| r["name"] == "content_flagging")
+        .unwrap();
     let seed = cf["findings"]
         .as_array()
         .unwrap()
@@ -68,14 +81,26 @@ fn audit_json_for_one_domain() {
         return;
     };
     let out = mtrl()
-        .args(["audit", "--domain", "order_fulfillment", "--json", "--target", "mtrl", "--data"])
+        .args([
+            "audit",
+            "--domain",
+            "order_fulfillment",
+            "--json",
+            "--target",
+            "mtrl",
+            "--data",
+        ])
         .arg(&dir)
         .output()
         .unwrap();
     assert!(out.status.success());
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json[0]["name"], "order_fulfillment");
-    assert_eq!(json[0]["findings"], serde_json::json!([]), "mtrl's inputs do not leak");
+    assert_eq!(
+        json[0]["findings"],
+        serde_json::json!([]),
+        "mtrl's inputs do not leak"
+    );
 }
 
 #[test]
@@ -84,7 +109,13 @@ fn bad_arguments_fail_clearly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--domain"));
     let out = mtrl()
-        .args(["audit", "--domain", "no_such_domain", "--data", "/nonexistent"])
+        .args([
+            "audit",
+            "--domain",
+            "no_such_domain",
+            "--data",
+            "/nonexistent",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
