@@ -392,6 +392,9 @@ impl<S: Send + 'static> ToolEnvironment<S> {
             });
             let fast_ok = !undeclared && entry.fast.as_ref().is_some_and(|f| f.is_valid(&args));
             if !fast_ok {
+                if let Some(output) = fast_problems(entry, &call.name, pairs) {
+                    return Ok(output);
+                }
                 // The slow path: jsonschema decides, and explains.
                 let parsed: Value = serde_json::from_str(&call.arguments)?;
                 if let Value::Object(map) = &parsed {
@@ -482,14 +485,11 @@ fn strict_problems<S>(
     if entry.validator.is_valid(parsed) && !args.keys().any(undeclared) {
         return None;
     }
-    let mut problems: Vec<(&str, String, String)> = Vec::new();
-    for key in args.keys().filter(|k| undeclared(k)) {
-        problems.push((
-            "unexpected_argument",
-            key.clone(),
-            format!("`{key}` is not an argument of `{tool}`"),
-        ));
-    }
+    let mut problems: Vec<Problem> = args
+        .keys()
+        .filter(|k| undeclared(k))
+        .map(|key| Problem::unexpected(tool, key))
+        .collect();
     for err in entry.validator.iter_errors(parsed) {
         use jsonschema::error::ValidationErrorKind as K;
         let path = err.instance_path().to_string();
@@ -499,22 +499,140 @@ fn strict_problems<S>(
             .next()
             .unwrap_or_default()
             .to_string();
-        let (kind, argument, message) = match err.kind() {
+        let rank = match err.kind() {
             // Reported above for every undeclared key, whatever the schema says.
             K::AdditionalProperties { .. } => continue,
             K::Required { property } => {
-                let name = property.as_str().unwrap_or_default().to_string();
-                let msg = format!("the required argument `{name}` is missing");
-                ("missing_argument", name, msg)
+                problems.push(Problem::missing(property.as_str().unwrap_or_default()));
+                continue;
             }
-            K::Type { .. } => ("wrong_type", argument, format!("{path}: {err}")),
-            _ => ("invalid_value", argument, format!("{path}: {err}")),
+            K::Type { .. } => Rank::Type,
+            K::Enum { .. } => Rank::Enum,
+            K::MinLength { .. } => Rank::MinLength,
+            K::MaxLength { .. } => Rank::MaxLength,
+            K::Pattern { .. } => Rank::Pattern,
+            K::Minimum { .. } => Rank::Minimum,
+            K::Maximum { .. } => Rank::Maximum,
+            _ => Rank::Other,
         };
-        problems.push((kind, argument, message));
+        problems.push(Problem {
+            kind: if rank == Rank::Type {
+                "wrong_type"
+            } else {
+                "invalid_value"
+            },
+            argument,
+            message: format!("{path}: {err}"),
+            rank,
+        });
     }
+    problems_output(tool, problems)
+}
+
+/// The structured error for a binding call whose arguments the fast schema refused, or `None`
+/// when only the slow path can describe them (it then takes over).
+fn fast_problems<S>(entry: &Entry<S>, tool: &str, pairs: &[(Py, Py)]) -> Option<ToolOutput> {
+    let fast = entry.fast.as_ref()?;
+    let mut problems = Vec::new();
+    for (k, v) in pairs {
+        let Py::Str(k) = k else { return None };
+        match fast.property(k) {
+            Some(schema) => {
+                for (rank, message) in schema.explain(v)? {
+                    problems.push(Problem {
+                        kind: if rank == 0 {
+                            "wrong_type"
+                        } else {
+                            "invalid_value"
+                        },
+                        argument: k.to_string(),
+                        message: format!("/{k}: {message}"),
+                        rank: Rank::from_index(rank),
+                    });
+                }
+            }
+            None if entry.declared.is_some() => problems.push(Problem::unexpected(tool, k)),
+            None => {}
+        }
+    }
+    for name in fast.required() {
+        if !pairs
+            .iter()
+            .any(|(k, _)| matches!(k, Py::Str(s) if &**s == name))
+        {
+            problems.push(Problem::missing(name));
+        }
+    }
+    if problems.is_empty() {
+        return None;
+    }
+    problems_output(tool, problems)
+}
+
+/// Which check a problem comes from; problems are listed by argument, then in this order, so
+/// that both validation paths say the same thing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Rank {
+    Type,
+    Enum,
+    MinLength,
+    MaxLength,
+    Pattern,
+    Minimum,
+    Maximum,
+    Required,
+    Other,
+    Unexpected,
+}
+
+impl Rank {
+    fn from_index(i: u8) -> Rank {
+        match i {
+            0 => Rank::Type,
+            1 => Rank::Enum,
+            2 => Rank::MinLength,
+            3 => Rank::MaxLength,
+            4 => Rank::Pattern,
+            5 => Rank::Minimum,
+            6 => Rank::Maximum,
+            _ => Rank::Other,
+        }
+    }
+}
+
+struct Problem {
+    kind: &'static str,
+    argument: String,
+    message: String,
+    rank: Rank,
+}
+
+impl Problem {
+    fn unexpected(tool: &str, key: &str) -> Self {
+        Problem {
+            kind: "unexpected_argument",
+            argument: key.to_string(),
+            message: format!("`{key}` is not an argument of `{tool}`"),
+            rank: Rank::Unexpected,
+        }
+    }
+
+    fn missing(name: &str) -> Self {
+        Problem {
+            kind: "missing_argument",
+            argument: name.to_string(),
+            message: format!("the required argument `{name}` is missing"),
+            rank: Rank::Required,
+        }
+    }
+}
+
+/// The text of a validation error: `{"error": {"type", "message", "tool", "problems": [...]}}`.
+fn problems_output(tool: &str, mut problems: Vec<Problem>) -> Option<ToolOutput> {
+    problems.sort_by(|a, b| (&a.argument, a.rank).cmp(&(&b.argument, b.rank)));
     let first = problems.first()?;
-    let kind = if problems.iter().all(|p| p.0 == first.0) {
-        first.0
+    let kind = if problems.iter().all(|p| p.kind == first.kind) {
+        first.kind
     } else {
         "invalid_arguments"
     };
@@ -528,22 +646,22 @@ fn strict_problems<S>(
         if i > 0 {
             joined.push_str("; ");
         }
-        joined.push_str(&p.2);
+        joined.push_str(&p.message);
     }
     push_json_str(&mut text, &joined);
     text.push_str(",\"tool\":");
     push_json_str(&mut text, tool);
     text.push_str(",\"problems\":[");
-    for (i, (k, a, m)) in problems.iter().enumerate() {
+    for (i, p) in problems.iter().enumerate() {
         if i > 0 {
             text.push(',');
         }
         text.push_str("{\"type\":");
-        push_json_str(&mut text, k);
+        push_json_str(&mut text, p.kind);
         text.push_str(",\"argument\":");
-        push_json_str(&mut text, a);
+        push_json_str(&mut text, &p.argument);
         text.push_str(",\"message\":");
-        push_json_str(&mut text, m);
+        push_json_str(&mut text, &p.message);
         text.push('}');
     }
     text.push_str("]}}");

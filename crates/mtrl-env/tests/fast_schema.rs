@@ -72,3 +72,55 @@ fn fast_schema_agrees_with_jsonschema() {
         "nearly every SOP-Bench schema compiles ({compiled})"
     );
 }
+
+/// A binding tool served on the fast path says exactly what the same tool says on the general
+/// path (parse to a JSON map, jsonschema validation): same results, same errors, same words.
+#[test]
+fn both_validation_paths_answer_alike() {
+    use mtrl_core::{Episode, ToolCall};
+    use mtrl_env::ToolEnvironmentBuilder;
+    use mtrl_env::bindings::{BindingTool, WireStyle};
+
+    let Some(dir) = std::env::var_os("MTRL_SOP_BENCH_DIR") else {
+        eprintln!("notice: MTRL_SOP_BENCH_DIR is unset; skipping");
+        return;
+    };
+    let source = Source::Dir(dir.into());
+    let mut compared = 0usize;
+    for name in DOMAINS {
+        let domain = Domain::load(&source, name).unwrap();
+        let (mut general, mut fast) =
+            (ToolEnvironmentBuilder::new(), ToolEnvironmentBuilder::new());
+        for spec in domain.tools() {
+            let tool = BindingTool::new(
+                domain.bindings().clone(),
+                spec.clone(),
+                WireStyle::StrictJson,
+            );
+            general = general.tool(tool.clone());
+            fast = fast.binding_tool(tool);
+        }
+        let tasks = domain.tasks(InputPolicy::Mtrl).unwrap();
+        let (mut general, mut fast) = (
+            general.build().unwrap().environment(),
+            fast.build().unwrap().environment(),
+        );
+        general.reset_sync(&tasks[0], &Episode::default()).unwrap();
+        fast.reset_sync(&tasks[0], &Episode::default()).unwrap();
+        let agent = CanonicalAgent::new(&domain);
+        let rows = domain.rows_by_task();
+        for tool in domain.tools() {
+            for task in tasks.iter().take(15) {
+                let args = agent.arguments(tool, &rows[task.id()], &[]);
+                for v in variants(&args) {
+                    let call = ToolCall::new("c", tool.name(), &v);
+                    let a = general.call_tool(&call).unwrap();
+                    let b = fast.call_tool(&call).unwrap();
+                    assert_eq!(a, b, "{name}/{}: {v}", tool.name());
+                    compared += 1;
+                }
+            }
+        }
+    }
+    eprintln!("{compared} calls answered alike on both paths");
+}

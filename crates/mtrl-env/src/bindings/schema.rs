@@ -28,10 +28,10 @@ pub struct FastSchema {
     properties: Vec<(String, FastSchema)>,
     required: Vec<String>,
     closed: bool,
-    pattern: Option<Regex>,
+    pattern: Option<(Regex, String)>,
     choices: Option<Vec<Py>>,
-    minimum: Option<f64>,
-    maximum: Option<f64>,
+    minimum: Option<(f64, Option<String>)>,
+    maximum: Option<(f64, Option<String>)>,
     min_length: Option<usize>,
     max_length: Option<usize>,
     items: Option<Box<FastSchema>>,
@@ -84,12 +84,15 @@ impl FastSchema {
                         .collect::<Option<_>>()?;
                 }
                 "additionalProperties" => s.closed = !v.as_bool()?,
-                "pattern" => s.pattern = Some(Regex::new(&ascii_classes(v.as_str()?)?).ok()?),
+                "pattern" => {
+                    let p = v.as_str()?;
+                    s.pattern = Some((Regex::new(&ascii_classes(p)?).ok()?, p.to_string()));
+                }
                 "enum" => {
                     s.choices = Some(v.as_array()?.iter().map(Py::from_json).collect());
                 }
-                "minimum" => s.minimum = Some(v.as_f64()?),
-                "maximum" => s.maximum = Some(v.as_f64()?),
+                "minimum" => s.minimum = Some((v.as_f64()?, v.as_i64().map(|i| i.to_string()))),
+                "maximum" => s.maximum = Some((v.as_f64()?, v.as_i64().map(|i| i.to_string()))),
                 "minLength" => s.min_length = Some(usize::try_from(v.as_u64()?).ok()?),
                 "maxLength" => s.max_length = Some(usize::try_from(v.as_u64()?).ok()?),
                 "minItems" => s.min_items = Some(usize::try_from(v.as_u64()?).ok()?),
@@ -115,7 +118,7 @@ impl FastSchema {
         }
         match v {
             Py::Str(s) => {
-                if let Some(re) = &self.pattern {
+                if let Some((re, _)) = &self.pattern {
                     if !re.is_match(s) {
                         return false;
                     }
@@ -131,7 +134,9 @@ impl FastSchema {
             }
             Py::Int(_) | Py::Float(_) => {
                 let f = v.num().map(|n| n.f()).unwrap_or(f64::NAN);
-                if self.minimum.is_some_and(|m| f < m) || self.maximum.is_some_and(|m| f > m) {
+                if self.minimum.as_ref().is_some_and(|(m, _)| f < *m)
+                    || self.maximum.as_ref().is_some_and(|(m, _)| f > *m)
+                {
                     return false;
                 }
             }
@@ -168,6 +173,123 @@ impl FastSchema {
             _ => {}
         }
         true
+    }
+}
+
+impl FastSchema {
+    /// The schema of a declared property.
+    pub fn property(&self, name: &str) -> Option<&FastSchema> {
+        self.properties
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s)
+    }
+
+    /// The required property names.
+    pub fn required(&self) -> impl Iterator<Item = &str> {
+        self.required.iter().map(String::as_str)
+    }
+
+    /// Why `v` fails this (leaf) schema, as `(rank, message)` pairs in the order type, enum,
+    /// minLength, maxLength, pattern, minimum, maximum, worded as the `jsonschema` crate words
+    /// them. `None` when a failure cannot be worded exactly that way (floats, containers,
+    /// several types, nested schemas): the caller then asks `jsonschema`.
+    pub fn explain(&self, v: &Py) -> Option<Vec<(u8, String)>> {
+        let mut out = Vec::new();
+        let inst = || render(v);
+        if let Some(types) = &self.types {
+            if !types.iter().any(|t| has_type(v, *t)) {
+                let [t] = types.as_slice() else { return None };
+                out.push((
+                    0,
+                    format!("{} is not of type \"{}\"", inst()?, type_name(*t)),
+                ));
+            }
+        }
+        if let Some(choices) = &self.choices {
+            if !choices.iter().any(|c| json_eq(c, v)) {
+                let opts: Vec<String> = choices.iter().map(render).collect::<Option<_>>()?;
+                let list = match opts.as_slice() {
+                    [] => return None,
+                    [one] => one.clone(),
+                    [first, second, _, _, ..] => {
+                        format!("{first}, {second} or {} other candidates", opts.len() - 2)
+                    }
+                    [init @ .., last] => format!("{} or {last}", init.join(", ")),
+                };
+                out.push((1, format!("{} is not one of {list}", inst()?)));
+            }
+        }
+        match v {
+            Py::Str(s) => {
+                let n = s.chars().count();
+                let chars = |k: usize| if k == 1 { "character" } else { "characters" };
+                if let Some(m) = self.min_length.filter(|m| n < *m) {
+                    out.push((2, format!("{} is shorter than {m} {}", inst()?, chars(m))));
+                }
+                if let Some(m) = self.max_length.filter(|m| n > *m) {
+                    out.push((3, format!("{} is longer than {m} {}", inst()?, chars(m))));
+                }
+                if let Some((re, p)) = &self.pattern {
+                    if !re.is_match(s) {
+                        out.push((4, format!("{} does not match \"{p}\"", inst()?)));
+                    }
+                }
+            }
+            Py::Int(_) | Py::Float(_) => {
+                let f = v.num().map(|n| n.f()).unwrap_or(f64::NAN);
+                if let Some((m, text)) = &self.minimum {
+                    if f < *m {
+                        let text = text.as_ref()?;
+                        out.push((5, format!("{} is less than the minimum of {text}", inst()?)));
+                    }
+                }
+                if let Some((m, text)) = &self.maximum {
+                    if f > *m {
+                        let text = text.as_ref()?;
+                        out.push((
+                            6,
+                            format!("{} is greater than the maximum of {text}", inst()?),
+                        ));
+                    }
+                }
+            }
+            Py::List(_) | Py::Dict(_) if !self.is_valid(v) && out.is_empty() => return None,
+            _ => {}
+        }
+        // A failure these rules do not cover: let the caller ask jsonschema.
+        if out.is_empty() && !self.is_valid(v) {
+            return None;
+        }
+        if matches!(v, Py::List(_) | Py::Dict(_))
+            && (self.items.is_some() || !self.properties.is_empty())
+        {
+            return None;
+        }
+        Some(out)
+    }
+}
+
+fn type_name(t: JType) -> &'static str {
+    match t {
+        JType::Null => "null",
+        JType::Boolean => "boolean",
+        JType::Integer => "integer",
+        JType::Number => "number",
+        JType::String => "string",
+        JType::Array => "array",
+        JType::Object => "object",
+    }
+}
+
+/// A value as `jsonschema` writes it in messages, for the kinds written the same way here.
+fn render(v: &Py) -> Option<String> {
+    match v {
+        Py::None => Some("null".into()),
+        Py::Bool(b) => Some(b.to_string()),
+        Py::Int(i) => Some(i.to_string()),
+        Py::Str(s) => serde_json::to_string(&**s).ok(),
+        _ => None,
     }
 }
 
