@@ -13,7 +13,7 @@ use mtrl_core::{
 use serde_json::{Map, Value, json};
 
 use crate::bindings::schema::FastSchema;
-use crate::bindings::{BindingTool, Py};
+use crate::bindings::{BindingTool, Py, parse_json};
 use crate::error::{Error, Result};
 use crate::sources::EpisodeSources;
 use crate::tool::{Tool, ToolContext, ToolOutput};
@@ -378,9 +378,12 @@ impl<S: Send + 'static> ToolEnvironment<S> {
         episode: &mut EpisodeData<S>,
         call: &ToolCall,
     ) -> mtrl_core::Result<ToolOutput> {
-        let args: Py = match serde_json::from_str(&call.arguments) {
-            Ok(v) => v,
-            Err(e) => return Ok(invalid_json(&call.name, &e)),
+        let args: Py = match parse_json(&call.arguments) {
+            Some(v) => v,
+            None => match serde_json::from_str(&call.arguments) {
+                Ok(v) => v,
+                Err(e) => return Ok(invalid_json(&call.name, &e)),
+            },
         };
         let Py::Dict(pairs) = &args else {
             return Ok(not_an_object(&call.name, &call.arguments));

@@ -433,12 +433,15 @@ impl<'a> Machine<'a> {
                 ),
             },
             JsonLoads => match &v[0] {
-                Py::Str(s) => serde_json::from_str::<Py>(s).map_err(|e| {
-                    PyError::new(
-                        "JSONDecodeError",
-                        format!("{e} (char {})", char_offset(s, &e)),
-                    )
-                }),
+                Py::Str(s) => super::value::parse_json(s)
+                    .map(Ok)
+                    .unwrap_or_else(|| serde_json::from_str::<Py>(s))
+                    .map_err(|e| {
+                        PyError::new(
+                            "JSONDecodeError",
+                            format!("{e} (char {})", char_offset(s, &e)),
+                        )
+                    }),
                 other => err(
                     "TypeError",
                     format!(

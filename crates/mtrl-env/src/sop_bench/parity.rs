@@ -83,7 +83,8 @@ impl ParityEnvironment {
                 ),
             );
         };
-        let args: Py = match serde_json::from_str(arguments) {
+        let parsed = crate::bindings::parse_json(arguments).map(Ok);
+        let args: Py = match parsed.unwrap_or_else(|| serde_json::from_str(arguments)) {
             Ok(a) => a,
             Err(e) => {
                 return ToolOutput::error_text(
