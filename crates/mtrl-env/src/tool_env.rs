@@ -389,11 +389,10 @@ impl<S: Send + 'static> ToolEnvironment<S> {
             return Ok(not_an_object(&call.name, &call.arguments));
         };
         if shared.validation == Validation::Strict {
-            let undeclared = pairs.iter().any(|(k, _)| match (k, &entry.declared) {
-                (Py::Str(k), Some(d)) => !d.contains(&**k),
-                _ => false,
-            });
-            let fast_ok = !undeclared && entry.fast.as_ref().is_some_and(|f| f.is_valid(&args));
+            let fast_ok = entry
+                .fast
+                .as_ref()
+                .is_some_and(|f| f.is_valid_closed(&args));
             if !fast_ok {
                 if let Some(output) = fast_problems(entry, &call.name, pairs) {
                     return Ok(output);

@@ -355,32 +355,33 @@ impl Bindings {
             }
         };
         let cls = &self.manager_class;
-        for (k, _) in given {
-            let known = match k {
-                Py::Str(k) => t.params.iter().any(|(n, _, _)| **n == **k),
-                _ => false,
+        // Python's keyword binding: each argument finds its parameter, in the order given.
+        let mut bound: smallvec::SmallVec<[Option<&Py>; 8]> =
+            smallvec::smallvec![None; t.params.len()];
+        for (k, v) in given {
+            let slot = match k {
+                Py::Str(k) => t.params.iter().position(|(n, _, _)| **n == **k),
+                _ => None,
             };
-            if !known {
-                return Err(PyError::new(
-                    "TypeError",
-                    format!(
-                        "{cls}.{tool}() got an unexpected keyword argument '{}'",
-                        k.py_str()
-                    ),
-                ));
+            match slot {
+                Some(i) => bound[i] = Some(v),
+                None => {
+                    return Err(PyError::new(
+                        "TypeError",
+                        format!(
+                            "{cls}.{tool}() got an unexpected keyword argument '{}'",
+                            k.py_str()
+                        ),
+                    ));
+                }
             }
         }
-        let lookup = |name: &str| {
-            given
-                .iter()
-                .find(|(k, _)| matches!(k, Py::Str(s) if &**s == name))
-                .map(|(_, v)| v)
-        };
         let missing: Vec<String> = t
             .params
             .iter()
-            .filter(|(n, _, d)| d.is_none() && lookup(n).is_none())
-            .map(|(n, _, _)| format!("'{n}'"))
+            .zip(&bound)
+            .filter(|((_, _, d), b)| d.is_none() && b.is_none())
+            .map(|((n, _, _), _)| format!("'{n}'"))
             .collect();
         if !missing.is_empty() {
             let list = match missing.len() {
@@ -398,11 +399,8 @@ impl Bindings {
             ));
         }
         let mut m = Machine::new(self.table.as_deref(), sources, &t.symbols);
-        for (name, sym, default) in &t.params {
-            let v = lookup(name)
-                .or(default.as_ref())
-                .cloned()
-                .unwrap_or(Py::None);
+        for ((_, sym, default), given) in t.params.iter().zip(bound) {
+            let v = given.or(default.as_ref()).cloned().unwrap_or(Py::None);
             m.bind(*sym, v);
         }
         Ok(m.run(&t.body)?.unwrap_or(Py::None))

@@ -104,6 +104,19 @@ impl FastSchema {
         Some(s)
     }
 
+    /// Whether `v` is valid and, when `v` is an object, has no key the schema does not
+    /// declare (strict mode's rule, whatever `additionalProperties` says).
+    pub fn is_valid_closed(&self, v: &Py) -> bool {
+        match v {
+            Py::Dict(d) if !self.properties.is_empty() => {
+                d.iter()
+                    .all(|(k, _)| matches!(k, Py::Str(k) if self.property(k).is_some()))
+                    && self.is_valid(v)
+            }
+            _ => self.is_valid(v),
+        }
+    }
+
     /// Whether `v` is valid.
     pub fn is_valid(&self, v: &Py) -> bool {
         if let Some(types) = &self.types {
