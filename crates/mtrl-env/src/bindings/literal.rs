@@ -52,7 +52,26 @@ impl Parser<'_> {
 
     fn value(&mut self) -> PyResult<Py> {
         match self.peek() {
-            Some(b'\'' | b'"') => {
+            Some(q @ (b'\'' | b'"')) => {
+                // The common case first: one literal without escapes, read in place.
+                let body = &self.s[self.i + 1..];
+                if let Some(end) = body
+                    .iter()
+                    .position(|&c| c == q || c == b'\\' || c == b'\n')
+                {
+                    if body[end] == q {
+                        let after = self.i + 1 + end + 1;
+                        let mut j = after;
+                        while matches!(self.s.get(j), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+                            j += 1;
+                        }
+                        if !matches!(self.s.get(j), Some(b'\'' | b'"')) {
+                            let text = &self.src[self.i + 1..self.i + 1 + end];
+                            self.i = after;
+                            return Ok(Py::str(text));
+                        }
+                    }
+                }
                 // Adjacent string literals concatenate.
                 let mut out = self.string()?;
                 loop {
