@@ -77,35 +77,15 @@ impl Table {
             what: what.to_string(),
             reason,
         };
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .from_reader(text.as_bytes());
-        let mut records = reader.records();
-        let header = match records.next() {
-            Some(r) => r.map_err(|e| bad(format!("CSV error: {e}")))?,
-            None => return Err(bad("the table is empty".into())),
-        };
-        let mut names: Vec<String> = header.iter().map(str::to_string).collect();
-        if names.first().is_some_and(String::is_empty) {
-            names[0] = "Unnamed: 0".into();
-        }
+        let (names, records) = read_records(text).map_err(bad)?;
         let expected: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
         if names != expected {
             return Err(bad(format!(
                 "the header {names:?} differs from the binding's columns {expected:?}"
             )));
         }
-        let mut rows = Vec::new();
-        for (i, record) in records.enumerate() {
-            let record = record.map_err(|e| bad(format!("CSV error: {e}")))?;
-            if record.len() != columns.len() {
-                return Err(bad(format!(
-                    "row {i} has {} cells for {} columns",
-                    record.len(),
-                    columns.len()
-                )));
-            }
+        let mut rows = Vec::with_capacity(records.len());
+        for (i, record) in records.iter().enumerate() {
             let mut row = Vec::with_capacity(columns.len());
             for (text, (name, dtype)) in record.iter().zip(columns) {
                 let cell = convert(text, *dtype).ok_or_else(|| {
@@ -173,6 +153,45 @@ impl Table {
     pub fn cell(&self, row: usize, column: usize) -> Option<&Py> {
         self.rows.get(row).and_then(|r| r.get(column))
     }
+}
+
+/// Reads CSV text as pandas' `read_csv` sees it: RFC 4180 records, the first one the header,
+/// with an empty first header cell named `Unnamed: 0`. Every row must have the header's length.
+///
+/// # Errors
+/// What is wrong, naming the row.
+pub(crate) fn read_records(
+    text: &str,
+) -> std::result::Result<(Vec<String>, Vec<Vec<String>>), String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let mut records = reader.records();
+    let mut header: Vec<String> = match records.next() {
+        Some(r) => r
+            .map_err(|e| format!("CSV error: {e}"))?
+            .iter()
+            .map(str::to_string)
+            .collect(),
+        None => return Err("the table is empty".into()),
+    };
+    if header.first().is_some_and(String::is_empty) {
+        header[0] = "Unnamed: 0".into();
+    }
+    let mut rows = Vec::new();
+    for (i, r) in records.enumerate() {
+        let r = r.map_err(|e| format!("CSV error in row {i}: {e}"))?;
+        if r.len() != header.len() {
+            return Err(format!(
+                "row {i} has {} cells for {} columns",
+                r.len(),
+                header.len()
+            ));
+        }
+        rows.push(r.iter().map(str::to_string).collect());
+    }
+    Ok((header, rows))
 }
 
 fn convert(text: &str, dtype: Dtype) -> Option<Py> {

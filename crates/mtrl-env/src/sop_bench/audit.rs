@@ -90,20 +90,7 @@ pub struct CanonicalAgent {
 impl CanonicalAgent {
     /// The script for a domain's tasks (ids `<domain>:<row>`).
     pub fn new(domain: &Domain) -> Self {
-        let rows = domain
-            .rows
-            .iter()
-            .enumerate()
-            .map(|(i, row)| {
-                let cells = domain
-                    .header
-                    .iter()
-                    .cloned()
-                    .zip(row.iter().cloned())
-                    .collect();
-                (format!("{}:{i}", domain.name), cells)
-            })
-            .collect();
+        let rows = domain.rows_by_task();
         Self {
             domain: domain.name.clone(),
             tools: domain.tools.clone(),

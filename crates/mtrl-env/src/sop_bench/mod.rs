@@ -34,26 +34,11 @@ use crate::bindings::{BindingTool, Bindings, WireStyle};
 use crate::error::{Error, Result};
 use crate::tool_env::{ToolEnvironmentBuilder, ToolEnvironmentFactory, Validation};
 
-/// The 14 domains of SOP-Bench, in alphabetical order.
-pub const DOMAINS: [&str; 14] = [
-    "aircraft_inspection",
-    "content_flagging",
-    "customer_service",
-    "dangerous_goods",
-    "email_intent",
-    "know_your_business",
-    "order_fulfillment",
-    "patient_intake",
-    "referral_abuse_detection_v1",
-    "referral_abuse_detection_v2",
-    "traffic_spoofing_detection",
-    "video_annotation",
-    "video_classification",
-    "warehouse_package_inspection",
-];
-
-macro_rules! shipped {
+macro_rules! domains {
     ($($d:literal),* $(,)?) => {
+        /// The 14 domains of SOP-Bench, in alphabetical order.
+        pub const DOMAINS: [&str; 14] = [$($d),*];
+
         /// The tool bindings mtrl ships for a domain (`sop-bench/<domain>/tool_bindings.json`).
         pub fn shipped_binding(domain: &str) -> Option<&'static str> {
             match domain {
@@ -64,7 +49,7 @@ macro_rules! shipped {
     };
 }
 
-shipped!(
+domains!(
     "aircraft_inspection",
     "content_flagging",
     "customer_service",
@@ -665,39 +650,10 @@ fn prompt_messages(sop: &str, outputs: &[String], task: &Task) -> Vec<Message> {
 }
 
 fn read_csv(domain: &str, text: &str) -> Result<(Vec<String>, Vec<Vec<String>>)> {
-    let bad = |reason: String| Error::Upstream {
+    crate::bindings::table::read_records(text).map_err(|reason| Error::Upstream {
         domain: domain.into(),
-        diagnostic: reason,
-    };
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(text.as_bytes());
-    let mut records = reader.records();
-    let mut header: Vec<String> = match records.next() {
-        Some(r) => r
-            .map_err(|e| bad(format!("test_set_with_outputs.csv: {e}")))?
-            .iter()
-            .map(str::to_string)
-            .collect(),
-        None => return Err(bad("test_set_with_outputs.csv is empty".into())),
-    };
-    if header.first().is_some_and(String::is_empty) {
-        header[0] = "Unnamed: 0".into();
-    }
-    let mut rows = Vec::new();
-    for (i, r) in records.enumerate() {
-        let r = r.map_err(|e| bad(format!("test_set_with_outputs.csv row {i}: {e}")))?;
-        if r.len() != header.len() {
-            return Err(bad(format!(
-                "test_set_with_outputs.csv row {i} has {} cells for {} columns",
-                r.len(),
-                header.len()
-            )));
-        }
-        rows.push(r.iter().map(str::to_string).collect());
-    }
-    Ok((header, rows))
+        diagnostic: format!("test_set_with_outputs.csv: {reason}"),
+    })
 }
 
 /// Counts tasks per label (for reports of splits).
