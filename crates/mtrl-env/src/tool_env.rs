@@ -515,6 +515,8 @@ fn strict_problems<S>(
             K::Pattern { .. } => Rank::Pattern,
             K::Minimum { .. } => Rank::Minimum,
             K::Maximum { .. } => Rank::Maximum,
+            K::MinItems { .. } => Rank::MinItems,
+            K::MaxItems { .. } => Rank::MaxItems,
             _ => Rank::Other,
         };
         problems.push(Problem {
@@ -582,6 +584,8 @@ enum Rank {
     Pattern,
     Minimum,
     Maximum,
+    MinItems,
+    MaxItems,
     Required,
     Other,
     Unexpected,
@@ -597,6 +601,8 @@ impl Rank {
             4 => Rank::Pattern,
             5 => Rank::Minimum,
             6 => Rank::Maximum,
+            7 => Rank::MinItems,
+            8 => Rank::MaxItems,
             _ => Rank::Other,
         }
     }
@@ -672,28 +678,25 @@ fn problems_output(tool: &str, mut problems: Vec<Problem>) -> Option<ToolOutput>
 
 /// Appends `s` as a JSON string.
 fn push_json_str(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
     out.push('"');
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
-        out.push_str(s);
-        out.push('"');
-        return;
-    }
+    let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let esc = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f => "",
-            _ => continue,
-        };
+    while let Some(off) = bytes[start..]
+        .iter()
+        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    {
+        let i = start + off;
         out.push_str(&s[start..i]);
-        if esc.is_empty() {
-            let _ = std::fmt::Write::write_fmt(out, format_args!("\\u{b:04x}"));
-        } else {
-            out.push_str(esc);
+        match bytes[i] {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            b => {
+                let _ = std::fmt::Write::write_fmt(out, format_args!("\\u{b:04x}"));
+            }
         }
         start = i + 1;
     }

@@ -204,9 +204,10 @@ impl FastSchema {
     }
 
     /// Why `v` fails this (leaf) schema, as `(rank, message)` pairs in the order type, enum,
-    /// minLength, maxLength, pattern, minimum, maximum, worded as the `jsonschema` crate words
-    /// them. `None` when a failure cannot be worded exactly that way (floats, containers,
-    /// several types, nested schemas): the caller then asks `jsonschema`.
+    /// minLength, maxLength, pattern, minimum, maximum, minItems, maxItems, worded as the
+    /// `jsonschema` crate words them. `None` when a failure cannot be worded exactly that way
+    /// (floats, objects, several types, failing array items): the caller then asks
+    /// `jsonschema`.
     pub fn explain(&self, v: &Py) -> Option<Vec<(u8, String)>> {
         let mut out = Vec::new();
         let inst = || render(v);
@@ -267,17 +268,39 @@ impl FastSchema {
                     }
                 }
             }
-            Py::List(_) | Py::Dict(_) if !self.is_valid(v) && out.is_empty() => return None,
+            Py::List(items)
+                if self
+                    .items
+                    .as_ref()
+                    .is_none_or(|schema| items.iter().all(|x| schema.is_valid(x))) =>
+            {
+                let word = |k: usize| if k == 1 { "item" } else { "items" };
+                if let Some(m) = self.min_items.filter(|m| items.len() < *m) {
+                    out.push((7, format!("{} has less than {m} {}", inst()?, word(m))));
+                }
+                if let Some(m) = self.max_items.filter(|m| items.len() > *m) {
+                    out.push((8, format!("{} has more than {m} {}", inst()?, word(m))));
+                }
+            }
             _ => {}
         }
         // A failure these rules do not cover: let the caller ask jsonschema.
         if out.is_empty() && !self.is_valid(v) {
             return None;
         }
-        if matches!(v, Py::List(_) | Py::Dict(_))
-            && (self.items.is_some() || !self.properties.is_empty())
-        {
-            return None;
+        // Objects with their own properties, and arrays whose items fail, are jsonschema's to
+        // explain (their messages carry nested paths).
+        match v {
+            Py::Dict(_) if !self.properties.is_empty() => return None,
+            Py::List(items)
+                if self
+                    .items
+                    .as_ref()
+                    .is_some_and(|schema| !items.iter().all(|x| schema.is_valid(x))) =>
+            {
+                return None;
+            }
+            _ => {}
         }
         Some(out)
     }
@@ -302,6 +325,10 @@ fn render(v: &Py) -> Option<String> {
         Py::Bool(b) => Some(b.to_string()),
         Py::Int(i) => Some(i.to_string()),
         Py::Str(s) => serde_json::to_string(&**s).ok(),
+        Py::List(items) => {
+            let parts: Vec<String> = items.iter().map(render).collect::<Option<_>>()?;
+            Some(format!("[{}]", parts.join(",")))
+        }
         _ => None,
     }
 }
