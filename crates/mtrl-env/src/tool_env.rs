@@ -13,7 +13,7 @@ use mtrl_core::{
 use serde_json::{Map, Value, json};
 
 use crate::bindings::schema::FastSchema;
-use crate::bindings::{BindingTool, Py, parse_json};
+use crate::bindings::{BindingTool, Py, parse_json_with_keys};
 use crate::error::{Error, Result};
 use crate::sources::EpisodeSources;
 use crate::tool::{Tool, ToolContext, ToolOutput};
@@ -57,6 +57,8 @@ struct Entry<S> {
     fast: Option<FastSchema>,
     /// The declared argument names; `None` when the schema declares none.
     declared: Option<BTreeSet<String>>,
+    /// The same names, shared by every parsed call.
+    names: Vec<Arc<str>>,
 }
 
 struct Shared<S> {
@@ -188,6 +190,11 @@ impl<S: Send + 'static> ToolEnvironmentBuilder<S> {
                 .and_then(Value::as_object)
                 .map(|p| p.keys().cloned().collect());
             let fast = FastSchema::compile(spec.parameters());
+            let names = declared
+                .iter()
+                .flatten()
+                .map(|n: &String| Arc::from(n.as_str()))
+                .collect();
             if is_advertised {
                 advertised.push(spec);
             }
@@ -196,6 +203,7 @@ impl<S: Send + 'static> ToolEnvironmentBuilder<S> {
                 validator,
                 fast,
                 declared,
+                names,
             });
         }
         Ok(ToolEnvironmentFactory(Arc::new(Shared {
@@ -378,7 +386,7 @@ impl<S: Send + 'static> ToolEnvironment<S> {
         episode: &mut EpisodeData<S>,
         call: &ToolCall,
     ) -> mtrl_core::Result<ToolOutput> {
-        let args: Py = match parse_json(&call.arguments) {
+        let args: Py = match parse_json_with_keys(&call.arguments, &entry.names) {
             Some(v) => v,
             None => match serde_json::from_str(&call.arguments) {
                 Ok(v) => v,

@@ -45,7 +45,7 @@ use std::sync::Arc;
 pub use eval::BindingSources;
 pub use literal::literal_eval;
 pub use table::{Dtype, Table};
-pub use value::{Py, PyError, PyResult, float_repr, parse_json};
+pub use value::{Py, PyError, PyResult, float_repr, parse_json, parse_json_with_keys};
 
 pub use compile::Uses;
 use compile::{Scope, Step};

@@ -107,18 +107,16 @@ impl FastSchema {
     /// Whether `v` is valid and, when `v` is an object, has no key the schema does not
     /// declare (strict mode's rule, whatever `additionalProperties` says).
     pub fn is_valid_closed(&self, v: &Py) -> bool {
-        match v {
-            Py::Dict(d) if !self.properties.is_empty() => {
-                d.iter()
-                    .all(|(k, _)| matches!(k, Py::Str(k) if self.property(k).is_some()))
-                    && self.is_valid(v)
-            }
-            _ => self.is_valid(v),
-        }
+        self.check(v, !self.properties.is_empty())
     }
 
     /// Whether `v` is valid.
     pub fn is_valid(&self, v: &Py) -> bool {
+        self.check(v, false)
+    }
+
+    /// Validates; `closed` refuses undeclared keys of this (top-level) object.
+    fn check(&self, v: &Py, closed: bool) -> bool {
         if let Some(types) = &self.types {
             if !types.iter().any(|t| has_type(v, *t)) {
                 return false;
@@ -178,7 +176,7 @@ impl FastSchema {
                     match self.properties.iter().find(|(n, _)| n == &**k) {
                         Some((_, sub)) if !sub.is_valid(value) => return false,
                         Some(_) => {}
-                        None if self.closed => return false,
+                        None if self.closed || closed => return false,
                         None => {}
                     }
                 }

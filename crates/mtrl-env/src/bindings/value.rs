@@ -638,10 +638,17 @@ mod tests {
 /// objects tool calls carry. `None` for anything that is not strict JSON or does not fit the
 /// model (an integer beyond 64 bits); the caller then asks `serde_json`, which explains.
 pub fn parse_json(text: &str) -> Option<Py> {
+    parse_json_with_keys(text, &[])
+}
+
+/// As [`parse_json`], taking the keys of the top-level object from `keys` when they are there
+/// (shared, not allocated: a tool's argument names).
+pub fn parse_json_with_keys(text: &str, keys: &[Arc<str>]) -> Option<Py> {
     let mut p = JsonParser {
         b: text.as_bytes(),
         s: text,
         i: 0,
+        keys,
     };
     let v = p.value(0)?;
     p.ws();
@@ -652,6 +659,7 @@ struct JsonParser<'a> {
     b: &'a [u8],
     s: &'a str,
     i: usize,
+    keys: &'a [Arc<str>],
 }
 
 impl<'a> JsonParser<'a> {
@@ -690,7 +698,16 @@ impl<'a> JsonParser<'a> {
                         .find(|(k2, _)| matches!(k2, Py::Str(s) if **s == *k))
                     {
                         Some(slot) => slot.1 = v,
-                        None => d.push((Py::Str(Arc::from(k.as_ref())), v)),
+                        None => {
+                            let known = (depth == 0)
+                                .then(|| self.keys.iter().find(|n| ***n == *k))
+                                .flatten();
+                            let key = match known {
+                                Some(n) => n.clone(),
+                                None => Arc::from(k.as_ref()),
+                            };
+                            d.push((Py::Str(key), v));
+                        }
                     }
                     self.ws();
                     if self.eat(b',').is_none() {
