@@ -32,16 +32,18 @@ impl BindingSources for EpisodeSources {
     }
 }
 
-enum Slot {
+enum Slot<'a> {
     Unset,
     Val(Py),
+    /// An argument of the call, borrowed.
+    Arg(&'a Py),
     Row(usize),
 }
 
 pub(crate) struct Machine<'a> {
     pub table: Option<&'a Table>,
     pub sources: &'a mut dyn BindingSources,
-    slots: SmallVec<[Slot; 16]>,
+    slots: SmallVec<[Slot<'a>; 16]>,
     names: &'a [Arc<str>],
 }
 
@@ -69,6 +71,11 @@ impl<'a> Machine<'a> {
         self.slots[usize::from(sym)] = Slot::Val(value);
     }
 
+    /// Binds a parameter to the caller's argument, without copying it.
+    pub(crate) fn bind_arg(&mut self, sym: Sym, value: &'a Py) {
+        self.slots[usize::from(sym)] = Slot::Arg(value);
+    }
+
     fn name(&self, sym: Sym) -> &str {
         self.names.get(usize::from(sym)).map_or("?", |n| n)
     }
@@ -79,6 +86,7 @@ impl<'a> Machine<'a> {
             Expr::Lit(v) => Some(v),
             Expr::Var(sym) => match &self.slots[usize::from(*sym)] {
                 Slot::Val(v) => Some(v),
+                Slot::Arg(v) => Some(*v),
                 _ => None,
             },
             Expr::Col { row, col } => match (&self.slots[usize::from(*row)], self.table) {
@@ -237,6 +245,7 @@ impl<'a> Machine<'a> {
             }
             Expr::Var(sym) => match &self.slots[usize::from(*sym)] {
                 Slot::Val(v) => Ok(v.clone()),
+                Slot::Arg(v) => Ok((*v).clone()),
                 _ => err(
                     "NameError",
                     format!("name '{}' is not defined", self.name(*sym)),

@@ -220,7 +220,12 @@ impl Parser<'_> {
         {
             self.i += 1;
         }
-        let body: String = self.src[body_start..self.i].replace('_', "");
+        let raw = &self.src[body_start..self.i];
+        let body: std::borrow::Cow<'_, str> = if raw.contains('_') {
+            raw.replace('_', "").into()
+        } else {
+            raw.into()
+        };
         if body.is_empty() {
             self.i = start;
             return Err(self.syntax("expected a number"));

@@ -400,8 +400,10 @@ impl Bindings {
         }
         let mut m = Machine::new(self.table.as_deref(), sources, &t.symbols);
         for ((_, sym, default), given) in t.params.iter().zip(bound) {
-            let v = given.or(default.as_ref()).cloned().unwrap_or(Py::None);
-            m.bind(*sym, v);
+            match given.or(default.as_ref()) {
+                Some(v) => m.bind_arg(*sym, v),
+                None => m.bind(*sym, Py::None),
+            }
         }
         Ok(m.run(&t.body)?.unwrap_or(Py::None))
     }

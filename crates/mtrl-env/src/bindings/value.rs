@@ -255,7 +255,7 @@ impl Py {
                 let _ = write!(out, "{i}");
             }
             Py::Float(f) | Py::NpFloat(f) if strict && !f.is_finite() => out.push_str("null"),
-            Py::Float(f) | Py::NpFloat(f) => out.push_str(&json_float(*f)),
+            Py::Float(f) | Py::NpFloat(f) => write_json_float(*f, out),
             Py::Str(s) => json_str(s, out),
             Py::List(v) | Py::Tuple(v) => {
                 out.push('[');
@@ -417,6 +417,20 @@ pub fn float_repr(f: f64) -> String {
         };
         let esign = if exp < 0 { '-' } else { '+' };
         format!("{sign}{mant}e{esign}{:02}", exp.abs())
+    }
+}
+
+/// Writes a float as `json.dumps` does, without an intermediate string in the common range.
+fn write_json_float(f: f64, out: &mut String) {
+    let a = f.abs();
+    if f.is_finite() && (a == 0.0 || (1e-4..1e16).contains(&a)) {
+        let start = out.len();
+        let _ = write!(out, "{f}");
+        if !out[start..].contains('.') {
+            out.push_str(".0");
+        }
+    } else {
+        out.push_str(&json_float(f));
     }
 }
 
