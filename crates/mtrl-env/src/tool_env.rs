@@ -279,13 +279,14 @@ struct EpisodeData<S> {
 /// structured error the model can read, and the episode goes on:
 ///
 /// ```json
-/// {"error": {"type": "missing_argument", "tool": "getOrder", "message": "…",
+/// {"error": {"type": "missing_argument", "message": "…", "tool": "getOrder",
 ///            "problems": [{"type": "missing_argument", "argument": "order_id", "message": "…"}]}}
 /// ```
 ///
 /// The error types are `unknown_tool`, `invalid_json`, `missing_argument`,
 /// `unexpected_argument`, `wrong_type`, `invalid_value` and `invalid_arguments` (several kinds at
-/// once). Each step's `info` holds `tool_results`: one `{"call_id", "tool", "ok", "error"}` per
+/// once). Problems are listed by argument name, then by check, whichever validation path found
+/// them. Each step's `info` holds `tool_results`: one `{"call_id", "tool", "ok", "error"}` per
 /// call. A panicking tool ends the episode with an environment error.
 pub struct ToolEnvironment<S = ()> {
     shared: Arc<Shared<S>>,
