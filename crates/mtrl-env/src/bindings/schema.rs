@@ -28,7 +28,7 @@ pub struct FastSchema {
     properties: Vec<(String, FastSchema)>,
     required: Vec<String>,
     closed: bool,
-    pattern: Option<(Regex, String)>,
+    pattern: Option<(Pattern, String)>,
     choices: Option<Vec<Py>>,
     minimum: Option<(f64, Option<String>)>,
     maximum: Option<(f64, Option<String>)>,
@@ -86,7 +86,7 @@ impl FastSchema {
                 "additionalProperties" => s.closed = !v.as_bool()?,
                 "pattern" => {
                     let p = v.as_str()?;
-                    s.pattern = Some((Regex::new(&ascii_classes(p)?).ok()?, p.to_string()));
+                    s.pattern = Some((Pattern::compile(p)?, p.to_string()));
                 }
                 "enum" => {
                     s.choices = Some(v.as_array()?.iter().map(Py::from_json).collect());
@@ -364,6 +364,141 @@ fn json_eq(a: &Py, b: &Py) -> bool {
     }
 }
 
+/// A `pattern`: the common shape `^` + a run of fixed-count ASCII classes + `$` (for instance
+/// `^[A-Z]{3}-[0-9]{5}$`) is matched directly; anything else goes to the `regex` crate.
+#[derive(Debug, Clone)]
+enum Pattern {
+    /// Each atom: the bytes it accepts (a 128-bit set), and its minimum and maximum count.
+    /// Only the last atom may have a range.
+    Simple(Vec<(u128, usize, usize)>),
+    Regex(Regex),
+}
+
+impl Pattern {
+    fn compile(p: &str) -> Option<Pattern> {
+        if let Some(simple) = Self::simple(p) {
+            return Some(Pattern::Simple(simple));
+        }
+        Regex::new(&ascii_classes(p)?).ok().map(Pattern::Regex)
+    }
+
+    fn simple(p: &str) -> Option<Vec<(u128, usize, usize)>> {
+        let body = p.strip_prefix('^')?.strip_suffix('$')?;
+        if body.ends_with('\\') {
+            return None;
+        }
+        let b = body.as_bytes();
+        let mut atoms: Vec<(u128, usize, usize)> = Vec::new();
+        let mut i = 0;
+        let bit = |c: u8| 1u128 << c;
+        while i < b.len() {
+            let set = match b[i] {
+                b'[' => {
+                    let end = i + b[i..].iter().position(|&c| c == b']')?;
+                    let class = &b[i + 1..end];
+                    if class.is_empty() || class[0] == b'^' || class.contains(&b'\\') {
+                        return None;
+                    }
+                    let mut set = 0u128;
+                    let mut j = 0;
+                    while j < class.len() {
+                        if j + 2 < class.len() && class[j + 1] == b'-' {
+                            let (lo, hi) = (class[j], class[j + 2]);
+                            if lo > hi || hi >= 128 {
+                                return None;
+                            }
+                            for c in lo..=hi {
+                                set |= bit(c);
+                            }
+                            j += 3;
+                        } else {
+                            if class[j] >= 128 {
+                                return None;
+                            }
+                            set |= bit(class[j]);
+                            j += 1;
+                        }
+                    }
+                    i = end + 1;
+                    set
+                }
+                b'\\' => {
+                    let c = *b.get(i + 1)?;
+                    i += 2;
+                    match c {
+                        b'd' => (b'0'..=b'9').fold(0, |s, c| s | bit(c)),
+                        b'.' | b'-' | b'_' | b'/' => bit(c),
+                        _ => return None,
+                    }
+                }
+                c if c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'/' | b':' | b'@') => {
+                    i += 1;
+                    bit(c)
+                }
+                _ => return None,
+            };
+            let (min, max) = match b.get(i) {
+                Some(b'{') => {
+                    let end = i + b[i..].iter().position(|&c| c == b'}')?;
+                    let inner = std::str::from_utf8(&b[i + 1..end]).ok()?;
+                    i = end + 1;
+                    match inner.split_once(',') {
+                        None => {
+                            let n = inner.parse().ok()?;
+                            (n, n)
+                        }
+                        Some((lo, "")) => (lo.parse().ok()?, usize::MAX),
+                        Some((lo, hi)) => (lo.parse().ok()?, hi.parse().ok()?),
+                    }
+                }
+                Some(b'+') => {
+                    i += 1;
+                    (1, usize::MAX)
+                }
+                Some(b'*') => {
+                    i += 1;
+                    (0, usize::MAX)
+                }
+                Some(b'?') => {
+                    i += 1;
+                    (0, 1)
+                }
+                _ => (1, 1),
+            };
+            if min > max {
+                return None;
+            }
+            // A range before the end would need backtracking.
+            if atoms.last().is_some_and(|(_, lo, hi)| lo != hi) {
+                return None;
+            }
+            atoms.push((set, min, max));
+        }
+        Some(atoms)
+    }
+
+    fn is_match(&self, s: &str) -> bool {
+        match self {
+            Pattern::Regex(re) => re.is_match(s),
+            Pattern::Simple(atoms) => {
+                let b = s.as_bytes();
+                let mut i = 0;
+                for &(set, min, max) in atoms {
+                    let mut n = 0;
+                    while n < max && i < b.len() && b[i] < 128 && set & (1u128 << b[i]) != 0 {
+                        i += 1;
+                        n += 1;
+                    }
+                    if n < min {
+                        return false;
+                    }
+                }
+                i == b.len()
+            }
+        }
+    }
+}
+
 /// ECMA-262 `\d` and `\w` are ASCII-only; the `regex` crate's are Unicode. Translates them,
 /// and gives up (`None`) on the other escapes whose meaning differs.
 fn ascii_classes(pattern: &str) -> Option<String> {
@@ -396,4 +531,76 @@ fn ascii_classes(pattern: &str) -> Option<String> {
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simple_patterns_agree_with_regex() {
+        let patterns = [
+            "^[A-Z]{3}-[0-9]{5}$",
+            "^vid_\\d{5}$",
+            "^biz_[0-9]{3,}$",
+            "^u[0-9]+$",
+            "^\\d{4}-\\d{2}-\\d{2}$",
+            "^INS[0-9]{6,}$",
+            "^[A-Z0-9]{10}$",
+            "^abc?$",
+        ];
+        let inputs = [
+            "",
+            "ABC-12345",
+            "ABC-1234",
+            "abc-12345",
+            "ABC-123456",
+            "ABC--12345",
+            "vid_00001",
+            "vid_0001",
+            "vid_000012",
+            "biz_12",
+            "biz_123",
+            "biz_123456",
+            "u",
+            "u1",
+            "u12a",
+            "2025-01-02",
+            "2025-1-02",
+            "INS123456",
+            "INS12345",
+            "INS1234567",
+            "ABCDE12345",
+            "ABCDE1234\n",
+            "ac",
+            "abc",
+            "abbc",
+            "ABC-12345\n",
+            "é",
+            "ＡBC-12345",
+        ];
+        for p in patterns {
+            let Some(Pattern::Simple(_)) = Pattern::compile(p) else {
+                panic!("{p} should compile to the simple matcher");
+            };
+            let fast = Pattern::compile(p).unwrap();
+            let slow = Regex::new(&ascii_classes(p).unwrap()).unwrap();
+            for s in inputs {
+                assert_eq!(fast.is_match(s), slow.is_match(s), "{p} on {s:?}");
+            }
+        }
+        assert!(matches!(
+            Pattern::compile("^/data/videos/.*\\.(json|xml)$"),
+            Some(Pattern::Regex(_))
+        ));
+        // A range before the end needs backtracking: the regex crate's job.
+        assert!(matches!(
+            Pattern::compile("^[0-9]+0$"),
+            Some(Pattern::Regex(_))
+        ));
+        assert!(matches!(
+            Pattern::compile("^ab?c$"),
+            Some(Pattern::Regex(_))
+        ));
+    }
 }
