@@ -190,11 +190,15 @@ impl<S: Send + 'static> ToolEnvironmentBuilder<S> {
                 .and_then(Value::as_object)
                 .map(|p| p.keys().cloned().collect());
             let fast = FastSchema::compile(spec.parameters());
-            let names = declared
-                .iter()
-                .flatten()
-                .map(|n: &String| Arc::from(n.as_str()))
-                .collect();
+            // Shared with the fast schema, so that its key checks compare pointers.
+            let names = match &fast {
+                Some(f) => f.names().cloned().collect(),
+                None => declared
+                    .iter()
+                    .flatten()
+                    .map(|n: &String| Arc::from(n.as_str()))
+                    .collect(),
+            };
             if is_advertised {
                 advertised.push(spec);
             }

@@ -334,7 +334,18 @@ impl Bindings {
     /// # Errors
     /// The Python exception the call raises, as [`PyError`].
     pub fn call(&self, tool: &str, args: &Py, sources: &mut dyn BindingSources) -> PyResult<Py> {
-        let Some(t) = self.tool(tool).filter(|t| t.implemented) else {
+        self.call_at(self.index.get(tool).copied(), tool, args, sources)
+    }
+
+    /// [`Bindings::call`] with the tool's position already looked up.
+    fn call_at(
+        &self,
+        position: Option<usize>,
+        tool: &str,
+        args: &Py,
+        sources: &mut dyn BindingSources,
+    ) -> PyResult<Py> {
+        let Some(t) = position.map(|i| &self.tools[i]).filter(|t| t.implemented) else {
             let (etype, msg) = &self.unknown_tool;
             return Err(PyError::new(etype, msg.replace("{tool}", tool)));
         };
@@ -445,21 +456,26 @@ pub struct BindingTool {
     bindings: Arc<Bindings>,
     spec: mtrl_core::ToolSpec,
     style: WireStyle,
+    position: Option<usize>,
 }
 
 impl BindingTool {
     /// Serves the binding's tool named like `spec`.
     pub fn new(bindings: Arc<Bindings>, spec: mtrl_core::ToolSpec, style: WireStyle) -> Self {
+        let position = bindings.index.get(spec.name()).copied();
         Self {
             bindings,
             spec,
             style,
+            position,
         }
     }
 
     /// Runs the call on already-parsed arguments.
     pub fn run(&self, args: &Py, sources: &mut dyn BindingSources) -> crate::ToolOutput {
-        let outcome = self.bindings.call(self.spec.name(), args, sources);
+        let outcome = self
+            .bindings
+            .call_at(self.position, self.spec.name(), args, sources);
         let text = Self::wire_text(&outcome, self.style);
         match outcome {
             Ok(_) if !text.starts_with("Error: ") => crate::ToolOutput::text(text),

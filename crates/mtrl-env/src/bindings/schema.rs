@@ -5,6 +5,8 @@
 //! `jsonschema` crate instead; on a failure, callers also ask `jsonschema` for the messages.
 //! A test checks that both agree on every SOP-Bench call.
 
+use std::sync::Arc;
+
 use regex::Regex;
 use serde_json::Value;
 
@@ -25,8 +27,8 @@ enum JType {
 #[derive(Debug, Clone, Default)]
 pub struct FastSchema {
     types: Option<Vec<JType>>,
-    properties: Vec<(String, FastSchema)>,
-    required: Vec<String>,
+    properties: Vec<(Arc<str>, FastSchema)>,
+    required: Vec<Arc<str>>,
     closed: bool,
     pattern: Option<(Pattern, String)>,
     choices: Option<Vec<Py>>,
@@ -73,14 +75,15 @@ impl FastSchema {
                 }
                 "properties" => {
                     for (name, sub) in v.as_object()? {
-                        s.properties.push((name.clone(), FastSchema::compile(sub)?));
+                        s.properties
+                            .push((Arc::from(name.as_str()), FastSchema::compile(sub)?));
                     }
                 }
                 "required" => {
                     s.required = v
                         .as_array()?
                         .iter()
-                        .map(|r| r.as_str().map(str::to_string))
+                        .map(|r| r.as_str().map(Arc::from))
                         .collect::<Option<_>>()?;
                 }
                 "additionalProperties" => s.closed = !v.as_bool()?,
@@ -164,16 +167,18 @@ impl FastSchema {
                 }
             }
             Py::Dict(d) => {
-                let has = |name: &str| {
+                // Keys parsed with `names()` share these strings, so pointers usually decide.
+                let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || a == b;
+                let has = |name: &Arc<str>| {
                     d.iter()
-                        .any(|(k, _)| matches!(k, Py::Str(s) if &**s == name))
+                        .any(|(k, _)| matches!(k, Py::Str(s) if same(s, name)))
                 };
-                if !self.required.iter().all(|r| has(r)) {
+                if !self.required.iter().all(has) {
                     return false;
                 }
                 for (k, value) in d {
                     let Py::Str(k) = k else { return false };
-                    match self.properties.iter().find(|(n, _)| n == &**k) {
+                    match self.properties.iter().find(|(n, _)| same(n, k)) {
                         Some((_, sub)) if !sub.is_valid(value) => return false,
                         Some(_) => {}
                         None if self.closed || closed => return false,
@@ -192,13 +197,18 @@ impl FastSchema {
     pub fn property(&self, name: &str) -> Option<&FastSchema> {
         self.properties
             .iter()
-            .find(|(n, _)| n == name)
+            .find(|(n, _)| **n == *name)
             .map(|(_, s)| s)
     }
 
     /// The required property names.
     pub fn required(&self) -> impl Iterator<Item = &str> {
-        self.required.iter().map(String::as_str)
+        self.required.iter().map(|r| &**r)
+    }
+
+    /// The declared property names, as shared strings (parse arguments with them).
+    pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.properties.iter().map(|(n, _)| n)
     }
 
     /// Why `v` fails this (leaf) schema, as `(rank, message)` pairs in the order type, enum,
