@@ -284,7 +284,7 @@ struct EpisodeData<S> {
 ///
 /// ```json
 /// {"error": {"type": "missing_argument", "message": "…", "tool": "getOrder",
-///            "problems": [{"type": "missing_argument", "argument": "order_id", "message": "…"}]}}
+///            "problems": [{"type": "missing_argument", "argument": "order_id"}]}}
 /// ```
 ///
 /// The error types are `unknown_tool`, `invalid_json`, `missing_argument`,
@@ -658,7 +658,8 @@ fn problems_output(tool: &str, mut problems: Vec<Problem>) -> Option<ToolOutput>
         "invalid_arguments"
     };
     // Written directly: this is the hot path of a model that keeps getting arguments wrong.
-    let mut text = String::with_capacity(160);
+    // Each problem's words appear once, in `message`; `problems` says which argument and kind.
+    let mut text = String::with_capacity(256);
     text.push_str("{\"error\":{\"type\":");
     push_json_str(&mut text, kind);
     text.push_str(",\"message\":");
@@ -681,8 +682,6 @@ fn problems_output(tool: &str, mut problems: Vec<Problem>) -> Option<ToolOutput>
         push_json_str(&mut text, p.kind);
         text.push_str(",\"argument\":");
         push_json_str(&mut text, &p.argument);
-        text.push_str(",\"message\":");
-        push_json_str(&mut text, &p.message);
         text.push('}');
     }
     text.push_str("]}}");
