@@ -189,7 +189,10 @@ impl<S: Send + 'static> ToolEnvironmentBuilder<S> {
                 .get("properties")
                 .and_then(Value::as_object)
                 .map(|p| p.keys().cloned().collect());
-            let fast = FastSchema::compile(spec.parameters());
+            let mut fast = FastSchema::compile(spec.parameters());
+            if let (Some(f), Backend::Binding(b)) = (&mut fast, &backend) {
+                f.share_names(&b.param_names());
+            }
             // Shared with the fast schema, so that its key checks compare pointers.
             let names = match &fast {
                 Some(f) => f.names().cloned().collect(),

@@ -371,7 +371,10 @@ impl Bindings {
             smallvec::smallvec![None; t.params.len()];
         for (k, v) in given {
             let slot = match k {
-                Py::Str(k) => t.params.iter().position(|(n, _, _)| **n == **k),
+                Py::Str(k) => t
+                    .params
+                    .iter()
+                    .position(|(n, _, _)| Arc::ptr_eq(n, k) || **n == **k),
                 _ => None,
             };
             match slot {
@@ -469,6 +472,19 @@ impl BindingTool {
             style,
             position,
         }
+    }
+
+    /// The parameter names of the bound tool, as shared strings.
+    pub fn param_names(&self) -> Vec<Arc<str>> {
+        self.position
+            .map(|i| {
+                self.bindings.tools[i]
+                    .params
+                    .iter()
+                    .map(|(n, _, _)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Runs the call on already-parsed arguments.

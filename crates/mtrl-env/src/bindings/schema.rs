@@ -211,6 +211,18 @@ impl FastSchema {
         self.properties.iter().map(|(n, _)| n)
     }
 
+    /// Uses `names` (equal strings held elsewhere, such as a binding's parameter names) for the
+    /// declared properties, so that comparisons between them compare pointers.
+    pub fn share_names(&mut self, names: &[Arc<str>]) {
+        let swap = |n: &mut Arc<str>| {
+            if let Some(shared) = names.iter().find(|m| **m == *n) {
+                *n = shared.clone();
+            }
+        };
+        self.properties.iter_mut().for_each(|(n, _)| swap(n));
+        self.required.iter_mut().for_each(swap);
+    }
+
     /// Why `v` fails this (leaf) schema, as `(rank, message)` pairs in the order type, enum,
     /// minLength, maxLength, pattern, minimum, maximum, minItems, maxItems, worded as the
     /// `jsonschema` crate words them. `None` when a failure cannot be worded exactly that way
