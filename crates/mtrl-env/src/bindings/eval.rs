@@ -371,9 +371,6 @@ impl<'a> Machine<'a> {
                     self.eval(&a[2])
                 };
             }
-            And | Or | Not | Bool => {
-                unreachable!("evaluated through `truth` by `eval`")
-            }
             Random => return Ok(Py::Float(self.sources.random())),
             Uuid4Hex => return Ok(Py::str(&self.sources.uuid4_hex())),
             _ => {}
@@ -502,7 +499,8 @@ impl<'a> Machine<'a> {
                 }
                 Ok(acc)
             }
-            If | And | Or | Not | Bool | Random | Uuid4Hex => unreachable!("handled above"),
+            // `eval` sends And/Or/Not/Bool through `truth`; the others returned above.
+            If | And | Or | Not | Bool | Random | Uuid4Hex => unreachable!("handled before"),
         }
     }
 }

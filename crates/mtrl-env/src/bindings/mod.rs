@@ -492,16 +492,12 @@ impl BindingTool {
         let outcome = self
             .bindings
             .call_at(self.position, self.spec.name(), args, sources);
-        let text = Self::wire_text(&outcome, self.style);
+        let text = Bindings::wire_as(&outcome, self.style);
         match outcome {
             Ok(_) if !text.starts_with("Error: ") => crate::ToolOutput::text(text),
             Ok(_) => crate::ToolOutput::error_text("TypeError", text),
             Err(e) => crate::ToolOutput::error_text(e.etype, text),
         }
-    }
-
-    fn wire_text(outcome: &PyResult<Py>, style: WireStyle) -> String {
-        Bindings::wire_as(outcome, style)
     }
 }
 

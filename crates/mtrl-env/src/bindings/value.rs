@@ -278,7 +278,11 @@ impl Py {
                         Py::Bool(b) => if *b { "true" } else { "false" }.into(),
                         Py::None => "null".into(),
                         Py::Int(i) => i.to_string(),
-                        Py::Float(f) => json_float(*f),
+                        Py::Float(f) => {
+                            let mut key = String::new();
+                            write_json_float(*f, &mut key);
+                            key
+                        }
                         other => {
                             return Err(PyError::new(
                                 "TypeError",
@@ -372,75 +376,49 @@ pub(crate) fn dict_get<'a>(d: &'a [(Py, Py)], k: &Py) -> Option<&'a Py> {
 /// Python's `repr(float)`: the shortest digits that round-trip, in fixed notation for decimal
 /// exponents from -5 to 15 and in scientific notation outside.
 pub fn float_repr(f: f64) -> String {
+    let mut out = String::new();
+    write_float_repr(f, &mut out);
+    out
+}
+
+/// Writes Python's `repr(float)` (see [`float_repr`]).
+fn write_float_repr(f: f64, out: &mut String) {
     if f.is_nan() {
-        return "nan".into();
+        out.push_str("nan");
+        return;
     }
     if f.is_infinite() {
-        return if f > 0.0 { "inf" } else { "-inf" }.into();
+        out.push_str(if f > 0.0 { "inf" } else { "-inf" });
+        return;
     }
     // In Python's fixed-notation range, Rust's shortest round-trip `Display` has the same
     // digits; Python adds `.0` to whole numbers.
     let a = f.abs();
     if a == 0.0 || (1e-4..1e16).contains(&a) {
-        let mut s = f.to_string();
-        if !s.contains('.') {
-            s.push_str(".0");
-        }
-        return s;
-    }
-    // Rust's `{:e}` gives the shortest round-trip digits: `-1.2345e-7`.
-    let sci = format!("{f:e}");
-    let (mantissa, exp) = sci.split_once('e').expect("`{:e}` always has an exponent");
-    let exp: i32 = exp.parse().expect("the exponent is an integer");
-    let (sign, mantissa) = match mantissa.strip_prefix('-') {
-        Some(m) => ("-", m),
-        None => ("", mantissa),
-    };
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    if (-4..16).contains(&exp) {
-        let n = digits.len() as i32;
-        let body = if exp < 0 {
-            format!("0.{}{}", "0".repeat((-exp - 1) as usize), digits)
-        } else if exp + 1 >= n {
-            format!("{}{}.0", digits, "0".repeat((exp + 1 - n) as usize))
-        } else {
-            let (int, frac) = digits.split_at((exp + 1) as usize);
-            format!("{int}.{frac}")
-        };
-        format!("{sign}{body}")
-    } else {
-        let (first, rest) = digits.split_at(1);
-        let mant = if rest.is_empty() {
-            first.to_string()
-        } else {
-            format!("{first}.{rest}")
-        };
-        let esign = if exp < 0 { '-' } else { '+' };
-        format!("{sign}{mant}e{esign}{:02}", exp.abs())
-    }
-}
-
-/// Writes a float as `json.dumps` does, without an intermediate string in the common range.
-fn write_json_float(f: f64, out: &mut String) {
-    let a = f.abs();
-    if f.is_finite() && (a == 0.0 || (1e-4..1e16).contains(&a)) {
         let start = out.len();
         let _ = write!(out, "{f}");
         if !out[start..].contains('.') {
             out.push_str(".0");
         }
-    } else {
-        out.push_str(&json_float(f));
+        return;
     }
+    // Outside it, scientific notation. Rust's `{:e}` gives the shortest round-trip digits
+    // (`-1.2345e-7`); Python writes a signed exponent of at least two digits.
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').expect("`{:e}` always has an exponent");
+    let exp: i32 = exp.parse().expect("the exponent is an integer");
+    let esign = if exp < 0 { '-' } else { '+' };
+    let _ = write!(out, "{mantissa}e{esign}{:02}", exp.abs());
 }
 
-fn json_float(f: f64) -> String {
+/// Writes a float as `json.dumps` does: `NaN` and `Infinity` as bare literals.
+fn write_json_float(f: f64, out: &mut String) {
     if f.is_nan() {
-        "NaN".into()
+        out.push_str("NaN");
     } else if f.is_infinite() {
-        if f > 0.0 { "Infinity" } else { "-Infinity" }.into()
+        out.push_str(if f > 0.0 { "Infinity" } else { "-Infinity" });
     } else {
-        float_repr(f)
+        write_float_repr(f, out);
     }
 }
 
