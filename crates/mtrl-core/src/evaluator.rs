@@ -23,6 +23,25 @@ pub struct FieldResult {
     pub predicted: Option<Value>,
 }
 
+/// Why a trajectory did not succeed: a stable kind for counting and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// A stable snake_case name (`missing_tag`, `max_turns`, `wrong_fields`, …).
+    pub kind: String,
+    /// What happened, in words.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure of `kind`, with a message.
+    pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// An evaluator's verdict on one trajectory.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Evaluation {
@@ -35,7 +54,27 @@ pub struct Evaluation {
     pub fields: BTreeMap<String, FieldResult>,
     /// Why it failed or was not completed, when it did not succeed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub failure: Option<Failure>,
+}
+
+impl Evaluation {
+    /// The share of fields judged correct; `None` when there are none.
+    pub fn field_accuracy(&self) -> Option<f64> {
+        let n = self.fields.len();
+        (n > 0).then(|| self.fields.values().filter(|f| f.correct).count() as f64 / n as f64)
+    }
+
+    /// The evaluation as one number in [0, 1], to set beside a reward: 1 for a success, 0 for
+    /// an episode that was not completed, and otherwise the share of fields judged correct.
+    pub fn score(&self) -> f64 {
+        if self.success {
+            1.0
+        } else if !self.completed {
+            0.0
+        } else {
+            self.field_accuracy().unwrap_or(0.0)
+        }
+    }
 }
 
 /// Judges a finished trajectory against its task, strictly and independently of any reward.

@@ -12,10 +12,11 @@
 //! | [`Message`], [`Role`], [`ToolCall`] | [`message`] |
 //! | [`ToolSpec`] (Bedrock and OpenAI shapes) | [`tool`] |
 //! | [`Task`], [`TaskView`] | [`task`] |
-//! | [`Trajectory`], [`Turn`], [`TokenRecord`], [`StopReason`] | [`trajectory`] |
+//! | [`Trajectory`], [`Turn`], [`TokenRecord`], [`StopReason`], [`ToolResult`] | [`trajectory`] |
 //! | [`Environment`], [`EnvironmentFactory`] | [`environment`] |
 //! | [`Agent`], [`TurnContext`], [`Action`] | [`agent`] |
 //! | [`Reward`], [`Evaluator`] | [`reward`], [`evaluator`] |
+//! | the answer format ([`AnswerParser`], [`values_match`]) | [`answer`] |
 //! | [`RolloutDriver`], [`Limits`] | [`rollout`] |
 //! | JSON Lines | [`jsonl`] |
 //!
@@ -107,6 +108,7 @@
 //! ```
 
 pub mod agent;
+pub mod answer;
 pub mod environment;
 pub mod error;
 pub mod evaluator;
@@ -119,9 +121,12 @@ pub mod tool;
 pub mod trajectory;
 
 pub use agent::{Action, Agent, Budget, TurnContext};
+pub use answer::{
+    Answer, AnswerError, AnswerParser, FINAL_OUTPUT_TAG, Several, normalise_text, values_match,
+};
 pub use environment::{Environment, EnvironmentFactory, Reset, Step};
 pub use error::{BoxError, Error, Result};
-pub use evaluator::{Evaluation, Evaluator, FieldResult};
+pub use evaluator::{Evaluation, Evaluator, Failure, FieldResult};
 pub use jsonl::{from_jsonl_str, read_jsonl, to_jsonl_string, write_jsonl};
 pub use message::{Message, Role, ToolCall};
 pub use reward::{Reward, RewardValue};
@@ -129,8 +134,8 @@ pub use rollout::{AbortSignal, Limits, RolloutDriver, derive_seed, stop_counts};
 pub use task::{Task, TaskView};
 pub use tool::ToolSpec;
 pub use trajectory::{
-    Episode, EpisodeError, Finish, Phase, StopReason, Timing, TokenRecord, TrainingSequence,
-    Trajectory, Turn,
+    Episode, EpisodeError, Finish, Phase, StopReason, TOOL_RESULTS_KEY, Timing, TokenRecord,
+    ToolOutcomes, ToolResult, TrainingSequence, Trajectory, Turn,
 };
 
 /// Re-exported so that implementations need no direct dependency on `async-trait`.

@@ -347,6 +347,91 @@ pub struct Turn {
     pub env_us: u64,
 }
 
+impl Turn {
+    /// The outcomes of this turn's tool calls, as the environment reported them under
+    /// [`TOOL_RESULTS_KEY`] in the step's `info`. `None` when it reported nothing readable.
+    pub fn tool_results(&self) -> Option<Vec<ToolResult>> {
+        let value = self.info.get(TOOL_RESULTS_KEY)?;
+        serde_json::from_value(value.clone()).ok()
+    }
+}
+
+/// The `info` key under which an environment reports the outcome of each tool call of a step
+/// (a JSON array of [`ToolResult`]s).
+pub const TOOL_RESULTS_KEY: &str = "tool_results";
+
+/// The outcome of one tool call, as the environment reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolResult {
+    /// The id of the call it answers.
+    pub call_id: String,
+    /// The tool's name as the agent called it.
+    pub tool: String,
+    /// Whether the call succeeded (false for an unknown tool, bad arguments or a tool error).
+    pub ok: bool,
+    /// The error's kind, when it failed (`unknown_tool`, `invalid_json`, …).
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl ToolResult {
+    /// A successful call.
+    pub fn ok(call_id: impl Into<String>, tool: impl Into<String>) -> Self {
+        Self {
+            call_id: call_id.into(),
+            tool: tool.into(),
+            ok: true,
+            error: None,
+        }
+    }
+
+    /// A failed call, with the kind of error.
+    pub fn failed(
+        call_id: impl Into<String>,
+        tool: impl Into<String>,
+        error: impl Into<String>,
+    ) -> Self {
+        Self {
+            call_id: call_id.into(),
+            tool: tool.into(),
+            ok: false,
+            error: Some(error.into()),
+        }
+    }
+}
+
+/// How an episode's tool calls went: counted from the calls the agent made and the results the
+/// environment reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ToolOutcomes {
+    /// The calls the agent made.
+    pub calls: usize,
+    /// The calls reported successful.
+    pub ok: usize,
+    /// The calls reported failed.
+    pub failed: usize,
+    /// The calls with no reported outcome (the environment does not report them, or the episode
+    /// stopped before they were answered).
+    pub unreported: usize,
+}
+
+impl ToolOutcomes {
+    /// The share of reported calls that succeeded; `None` when no outcome was reported.
+    pub fn accuracy(&self) -> Option<f64> {
+        let reported = self.ok + self.failed;
+        (reported > 0).then(|| self.ok as f64 / reported as f64)
+    }
+}
+
+impl std::ops::AddAssign for ToolOutcomes {
+    fn add_assign(&mut self, other: Self) {
+        self.calls += other.calls;
+        self.ok += other.ok;
+        self.failed += other.failed;
+        self.unreported += other.unreported;
+    }
+}
+
 /// Wall-clock totals of an episode, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Timing {
@@ -431,6 +516,30 @@ impl Trajectory {
     /// The number of tool calls the agent made.
     pub fn tool_calls(&self) -> usize {
         self.turns.iter().map(|t| t.action.tool_calls.len()).sum()
+    }
+
+    /// How the tool calls went, from the outcomes the environment reported (see
+    /// [`Turn::tool_results`]).
+    pub fn tool_outcomes(&self) -> ToolOutcomes {
+        let mut out = ToolOutcomes::default();
+        for turn in &self.turns {
+            let calls = turn.action.tool_calls.len();
+            let (mut ok, mut failed) = (0, 0);
+            for result in turn.tool_results().unwrap_or_default() {
+                if result.ok {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+            out += ToolOutcomes {
+                calls,
+                ok,
+                failed,
+                unreported: calls.saturating_sub(ok + failed),
+            };
+        }
+        out
     }
 
     /// Whether any turn carries a token record.

@@ -35,7 +35,6 @@ use mtrl_core::{
     Agent, EnvironmentFactory, Episode, Limits, Role, RolloutDriver, Task, Trajectory,
 };
 use serde::Serialize;
-use serde_json::Value;
 
 /// What an audit checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -332,40 +331,29 @@ fn tool_differences(a: &Trajectory, b: &Trajectory) -> Vec<(String, String)> {
     out
 }
 
-/// The tools whose calls succeeded, from the steps' `tool_results`.
+/// The tools whose calls succeeded, from the steps' tool results.
 fn successful_tools(t: &Trajectory) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for turn in &t.turns {
-        if let Some(Value::Array(results)) = turn.info.get("tool_results") {
-            for r in results {
-                if r["ok"] == Value::Bool(true) {
-                    if let Some(name) = r["tool"].as_str() {
-                        out.insert(name.to_string());
-                    }
-                }
-            }
-        }
-    }
-    out
+    t.turns
+        .iter()
+        .flat_map(|turn| turn.tool_results().unwrap_or_default())
+        .filter(|r| r.ok)
+        .map(|r| r.tool)
+        .collect()
 }
 
 /// The tool calls that failed, with the text the agent read.
 fn failed_calls(t: &Trajectory) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for turn in &t.turns {
-        let Some(Value::Array(results)) = turn.info.get("tool_results") else {
-            continue;
-        };
-        for r in results {
-            if r["ok"] == Value::Bool(false) {
-                let id = r["call_id"].as_str().unwrap_or_default();
+        for r in turn.tool_results().unwrap_or_default() {
+            if !r.ok {
                 let text = turn
                     .observations
                     .iter()
-                    .find(|m| m.tool_call_id.as_deref() == Some(id))
+                    .find(|m| m.tool_call_id.as_deref() == Some(r.call_id.as_str()))
                     .map(|m| m.content.clone())
                     .unwrap_or_default();
-                out.push((r["tool"].as_str().unwrap_or_default().to_string(), text));
+                out.push((r.tool, text));
             }
         }
     }

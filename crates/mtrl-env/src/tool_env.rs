@@ -7,10 +7,10 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use mtrl_core::{
-    Environment, EnvironmentFactory, Episode, Message, Reset, Step, Task, ToolCall, ToolSpec,
-    async_trait,
+    Environment, EnvironmentFactory, Episode, Message, Reset, Step, Task, ToolCall, ToolResult,
+    ToolSpec, async_trait,
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::bindings::schema::FastSchema;
 use crate::bindings::{BindingTool, Py, parse_json_with_keys};
@@ -294,7 +294,7 @@ struct EpisodeData<S> {
 /// `unexpected_argument`, `wrong_type`, `invalid_value` and `invalid_arguments` (several kinds at
 /// once). Problems are listed by argument name, then by check, whichever validation path found
 /// them. Each step's `info` holds `tool_results`: one `{"call_id", "tool", "ok", "error"}` per
-/// call. A panicking tool ends the episode with an environment error.
+/// call (a [`mtrl_core::ToolResult`]). A panicking tool ends the episode with an environment error.
 pub struct ToolEnvironment<S = ()> {
     shared: Arc<Shared<S>>,
     episode: Option<EpisodeData<S>>,
@@ -441,16 +441,15 @@ impl<S: Send + 'static> ToolEnvironment<S> {
         let mut results = Vec::with_capacity(action.tool_calls.len());
         for call in &action.tool_calls {
             let output = self.call_tool(call)?;
-            results.push(json!({
-                "call_id": call.id, "tool": call.name, "ok": !output.is_error,
-                "error": output.error_kind,
-            }));
+            results.push(ToolResult {
+                call_id: call.id.clone(),
+                tool: call.name.clone(),
+                ok: !output.is_error,
+                error: output.error_kind,
+            });
             messages.push(Message::tool(&call.id, &call.name, output.text));
         }
-        let mut step = Step::next(messages);
-        step.info
-            .insert("tool_results".into(), Value::Array(results));
-        Ok(step)
+        Ok(Step::next(messages).with_tool_results(&results))
     }
 }
 

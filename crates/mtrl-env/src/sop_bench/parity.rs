@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use mtrl_core::{Environment, EnvironmentFactory, Episode, Message, Reset, Step, Task, ToolSpec};
-use serde_json::{Value, json};
+use mtrl_core::{
+    Environment, EnvironmentFactory, Episode, Message, Reset, Step, Task, ToolResult, ToolSpec,
+};
 
 use super::{Domain, prompt_messages};
 use crate::bindings::{BindingTool, Py, WireStyle};
@@ -116,15 +117,14 @@ impl Environment for ParityEnvironment {
         let mut results = Vec::new();
         for call in &action.tool_calls {
             let out = self.call_raw(&call.name, &call.arguments);
-            results.push(
-                json!({"call_id": call.id, "tool": call.name, "ok": !out.is_error,
-                                "error": out.error_kind}),
-            );
+            results.push(ToolResult {
+                call_id: call.id.clone(),
+                tool: call.name.clone(),
+                ok: !out.is_error,
+                error: out.error_kind,
+            });
             messages.push(Message::tool(&call.id, &call.name, out.text));
         }
-        let mut step = Step::next(messages);
-        step.info
-            .insert("tool_results".into(), Value::Array(results));
-        Ok(step)
+        Ok(Step::next(messages).with_tool_results(&results))
     }
 }
