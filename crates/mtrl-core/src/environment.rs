@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::message::Message;
 use crate::task::Task;
 use crate::tool::ToolSpec;
-use crate::trajectory::{Episode, TOOL_RESULTS_KEY, ToolResult};
+use crate::trajectory::{Episode, ToolResult, insert_tool_results};
 
 /// The first observation of an episode.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -50,11 +50,10 @@ impl Step {
     }
 
     /// Reports the outcome of each tool call of this step in `info`, under
-    /// [`TOOL_RESULTS_KEY`], where evaluators and rewards read them.
+    /// [`TOOL_RESULTS_KEY`](crate::TOOL_RESULTS_KEY), where evaluators and rewards read them.
     #[must_use]
     pub fn with_tool_results(mut self, results: &[ToolResult]) -> Self {
-        let value = serde_json::to_value(results).unwrap_or(Value::Null);
-        self.info.insert(TOOL_RESULTS_KEY.into(), value);
+        insert_tool_results(&mut self.info, results);
         self
     }
 }

@@ -18,9 +18,18 @@ pub struct FieldResult {
     pub correct: bool,
     /// The ground-truth value.
     pub expected: Value,
-    /// The predicted value, if the answer had the field.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The predicted value, if the answer had the field (`Some(Null)` when it was null).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub predicted: Option<Value>,
+}
+
+/// A field that is present is `Some`, even when it is null.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// Why a trajectory did not succeed: a stable kind for counting and a message for people.

@@ -348,12 +348,49 @@ pub struct Turn {
 }
 
 impl Turn {
+    /// A turn with this action and nothing else recorded yet (no observations, no token
+    /// record, no timings), to build trajectories by hand.
+    pub fn new(action: Message) -> Self {
+        Self {
+            action,
+            observations: Vec::new(),
+            finish: Finish::Stop,
+            tokens_used: None,
+            token_budget: None,
+            tokens: None,
+            info: Map::new(),
+            agent_us: 0,
+            env_us: 0,
+        }
+    }
+
+    /// Adds the environment's observations.
+    #[must_use]
+    pub fn with_observations(mut self, observations: Vec<Message>) -> Self {
+        self.observations = observations;
+        self
+    }
+
+    /// Reports the outcomes of this turn's tool calls under [`TOOL_RESULTS_KEY`].
+    #[must_use]
+    pub fn with_tool_results(mut self, results: &[ToolResult]) -> Self {
+        insert_tool_results(&mut self.info, results);
+        self
+    }
+
     /// The outcomes of this turn's tool calls, as the environment reported them under
     /// [`TOOL_RESULTS_KEY`] in the step's `info`. `None` when it reported nothing readable.
     pub fn tool_results(&self) -> Option<Vec<ToolResult>> {
         let value = self.info.get(TOOL_RESULTS_KEY)?;
         serde_json::from_value(value.clone()).ok()
     }
+}
+
+/// Writes `results` into an `info` map under [`TOOL_RESULTS_KEY`].
+pub(crate) fn insert_tool_results(info: &mut Map<String, Value>, results: &[ToolResult]) {
+    // Strings and booleans only: serialization cannot fail.
+    let value = serde_json::to_value(results).unwrap_or(Value::Null);
+    info.insert(TOOL_RESULTS_KEY.into(), value);
 }
 
 /// The `info` key under which an environment reports the outcome of each tool call of a step

@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 const FIELDS: [&str; 2] = ["class", "count"];
 
 fn strict(text: &str) -> Result<serde_json::Map<String, Value>, AnswerError> {
-    AnswerParser::strict().parse(text, &FIELDS).map(|a| a.fields)
+    AnswerParser::strict()
+        .parse(text, &FIELDS)
+        .map(|a| a.fields)
 }
 
 #[test]
@@ -38,13 +40,19 @@ fn strict_gives_a_typed_reason_for_each_failure() {
             r#"<final_output>{"class": "D", "count": 3}</final_output></final_output>"#,
             "multiple_tags",
         ),
-        (r#"<final_output>{"class": "D", "count": 3}"#, "unclosed_tag"),
+        (
+            r#"<final_output>{"class": "D", "count": 3}"#,
+            "unclosed_tag",
+        ),
         (
             r#"<final_output>{"class": "D", "count": 3,}</final_output>"#,
             "invalid_json",
         ),
         (r#"<final_output>["D", 3]</final_output>"#, "not_an_object"),
-        (r#"<final_output>{"class": "D"}</final_output>"#, "missing_fields"),
+        (
+            r#"<final_output>{"class": "D"}</final_output>"#,
+            "missing_fields",
+        ),
     ];
     for (text, kind) in cases {
         let err = strict(text).unwrap_err();
@@ -98,7 +106,10 @@ fn lenient_settings_each_loosen_one_rule() {
     );
 
     let hacked = r#"<final_response>{"class": "D", "count": 3}</final_response>"#;
-    assert_eq!(lenient.parse(hacked, &FIELDS).unwrap_err().kind(), "missing_tag");
+    assert_eq!(
+        lenient.parse(hacked, &FIELDS).unwrap_err().kind(),
+        "missing_tag"
+    );
     let answer = lenient
         .accept_tag("final_response")
         .parse(hacked, &FIELDS)

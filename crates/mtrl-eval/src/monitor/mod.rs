@@ -1,0 +1,13 @@
+//! Training monitors: the per-step metrics record, the reward-hacking alarm, metric sinks and
+//! the static HTML report.
+
+mod alarm;
+mod plots;
+mod report;
+mod sink;
+mod step;
+
+pub use alarm::{Alarm, AlarmConfig, AlarmKind, HackingAlarm};
+pub use report::{Report, ReportFiles};
+pub use sink::{JsonlSink, MetricsSink, read_metrics};
+pub use step::{ScoredRollout, StepMetrics, UsualToolUse, names};
