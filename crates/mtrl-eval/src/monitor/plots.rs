@@ -116,6 +116,7 @@ fn draw_lines<DB: DrawingBackend>(
         .map_err(plot_error)?;
     ctx.configure_mesh()
         .x_desc("step")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc(chart.y_label.as_str())
         .light_line_style(RGBColor(238, 238, 238))
         .draw()
@@ -146,7 +147,7 @@ fn draw_lines<DB: DrawingBackend>(
     }
     if !chart.series.is_empty() {
         ctx.configure_series_labels()
-            .background_style(WHITE.mix(0.85))
+            .background_style(WHITE.mix(0.7))
             .border_style(BLACK.mix(0.3))
             .position(SeriesLabelPosition::UpperLeft)
             .draw()

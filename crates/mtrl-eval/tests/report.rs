@@ -1,0 +1,246 @@
+//! The HTML report: its PNG copies are readable charts, its page holds every chart, and it
+//! renders in headless Chromium with each chart's box drawn.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Run, synthetic};
+use mtrl_eval::monitor::{HackingAlarm, Report, ReportFiles};
+
+fn write_report(name: &str, run: Run) -> ReportFiles {
+    let history = synthetic(run, 11);
+    let alarms = HackingAlarm::default().scan(&history);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    Report::new(format!("mtrl report: {run:?}"))
+        .history(&history)
+        .alarms(alarms)
+        .write(&dir)
+        .unwrap()
+}
+
+/// An RGB image.
+struct Image {
+    width: usize,
+    height: usize,
+    rgb: Vec<[u8; 3]>,
+}
+
+impl Image {
+    fn read(path: &Path) -> Image {
+        let decoder =
+            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        let channels = info.color_type.samples();
+        assert_eq!(info.bit_depth, png::BitDepth::Eight, "{}", path.display());
+        let rgb = buf[..info.buffer_size()]
+            .chunks(channels)
+            .map(|p| match channels {
+                1 | 2 => [p[0]; 3],
+                _ => [p[0], p[1], p[2]],
+            })
+            .collect();
+        Image {
+            width: info.width as usize,
+            height: info.height as usize,
+            rgb,
+        }
+    }
+
+    /// Pixels in the box that differ from white, and those that are coloured (a series, not
+    /// the grey axes or text).
+    fn ink(&self, x: usize, y: usize, w: usize, h: usize) -> (usize, usize) {
+        let (mut ink, mut colour) = (0, 0);
+        for row in y..(y + h).min(self.height) {
+            for col in x..(x + w).min(self.width) {
+                let [r, g, b] = self.rgb[row * self.width + col];
+                if [r, g, b] != [255, 255, 255] {
+                    ink += 1;
+                }
+                if r.max(g).max(b) - r.min(g).min(b) >= 80 {
+                    colour += 1;
+                }
+            }
+        }
+        (ink, colour)
+    }
+}
+
+#[test]
+fn png_copies_are_readable_charts() {
+    let files = write_report("report-png", Run::Learning);
+    assert_eq!(files.pngs.len(), Report::PLOTS.len());
+    for (png, name) in files.pngs.iter().zip(Report::PLOTS) {
+        assert!(png.ends_with(format!("plots/{name}.png")));
+        let image = Image::read(png);
+        assert_eq!((image.width, image.height), (760, 380));
+        let (ink, colour) = image.ink(0, 0, image.width, image.height);
+        let area = image.width * image.height;
+        assert!(ink * 50 > area, "{name}: only {ink} drawn pixels");
+        assert!(
+            colour > 300,
+            "{name}: only {colour} coloured pixels: no data drawn"
+        );
+    }
+}
+
+#[test]
+fn the_page_holds_every_chart_and_the_alarms() {
+    let files = write_report("report-html-hacked", Run::FinalResponseHack);
+    let html = std::fs::read_to_string(&files.html).unwrap();
+    for name in Report::PLOTS {
+        let at = html
+            .find(&format!("<figure class=\"plot\" id=\"plot-{name}\">"))
+            .unwrap_or_else(|| panic!("no figure {name}"));
+        assert!(
+            html[at..]
+                .trim_start_matches(|c| c != '>')
+                .starts_with("><svg")
+        );
+    }
+    assert!(html.contains("reward_without_success"));
+    assert!(html.contains("format_drift"));
+    assert!(html.contains("rollout/reward/mean"));
+    let healthy =
+        std::fs::read_to_string(write_report("report-html-healthy", Run::Learning).html).unwrap();
+    assert!(healthy.contains("No reward-hacking alarm."));
+}
+
+/// A Chromium-family browser: `MTRL_CHROMIUM`, or one on the PATH.
+fn browser() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("MTRL_CHROMIUM") {
+        return Some(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH")?;
+    ["chromium", "chromium-browser", "google-chrome", "chrome"]
+        .iter()
+        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
+        .find(|p| p.is_file())
+}
+
+/// Runs the browser headless on `url` with `args`, and returns its standard output.
+fn chromium(browser: &Path, profile: &Path, args: &[String], url: &str) -> String {
+    // The output goes to a file: a page's DOM can be larger than a pipe holds.
+    let out_path = profile.with_extension("stdout");
+    let out_file = std::fs::File::create(&out_path).unwrap();
+    let mut child = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=1",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .stdout(Stdio::from(out_file))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the browser starts");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("the browser did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "the browser failed: {status:?}");
+    std::fs::read_to_string(&out_path).unwrap()
+}
+
+#[test]
+fn the_report_renders_in_headless_chromium() {
+    let Some(browser) = browser() else {
+        assert!(
+            std::env::var_os("MTRL_REQUIRE_CHROMIUM").is_none(),
+            "MTRL_REQUIRE_CHROMIUM is set but no Chromium was found (set MTRL_CHROMIUM)"
+        );
+        eprintln!("skipped: no Chromium found (install `chromium` or set MTRL_CHROMIUM)");
+        return;
+    };
+    let files = write_report("report-render", Run::FinalResponseHack);
+    let dir = files.html.parent().unwrap().to_path_buf();
+    let profile = dir.join("chromium-profile");
+    let width = 1600;
+
+    // Measure each chart's box: a copy of the page writes them into its title.
+    let html = std::fs::read_to_string(&files.html).unwrap();
+    let probe = html.replace(
+        "</body>",
+        "<script>document.title = JSON.stringify({height: document.documentElement.scrollHeight, \
+         plots: [...document.querySelectorAll('figure.plot svg')].map(e => { \
+         const r = e.getBoundingClientRect(); return {id: e.parentElement.id, \
+         x: r.left + scrollX, y: r.top + scrollY, w: r.width, h: r.height}; })});</script></body>",
+    );
+    let probe_path = dir.join("probe.html");
+    std::fs::write(&probe_path, probe).unwrap();
+    let size = format!("--window-size={width},1200");
+    let dom = chromium(
+        &browser,
+        &profile,
+        &["--dump-dom".into(), size],
+        &format!("file://{}", probe_path.display()),
+    );
+    let title = dom
+        .split_once("<title>")
+        .and_then(|(_, rest)| rest.split_once("</title>"))
+        .map(|(t, _)| t.replace("&amp;", "&"))
+        .expect("the page has a title");
+    let layout: serde_json::Value = serde_json::from_str(&title).expect("the probe ran");
+    let height = layout["height"].as_f64().unwrap().ceil() as usize;
+    let plots = layout["plots"].as_array().unwrap();
+    assert_eq!(plots.len(), Report::PLOTS.len(), "{layout}");
+
+    // Screenshot the real page at the full height, and look inside each box.
+    let shot = dir.join("screenshot.png");
+    chromium(
+        &browser,
+        &profile,
+        &[
+            format!("--screenshot={}", shot.display()),
+            format!("--window-size={width},{height}"),
+        ],
+        &format!("file://{}", files.html.display()),
+    );
+    let image = Image::read(&shot);
+    assert_eq!(image.width, width);
+    for plot in plots {
+        let id = plot["id"].as_str().unwrap();
+        let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| plot[k].as_f64().unwrap().round() as usize);
+        assert!(w >= 700 && h >= 350, "{id}: box {w}x{h}");
+        assert!(y + h <= image.height, "{id} lies outside the screenshot");
+        let (ink, colour) = image.ink(x, y, w, h);
+        assert!(ink * 50 > w * h, "{id}: only {ink} drawn pixels in its box");
+        assert!(
+            colour > 300,
+            "{id}: only {colour} coloured pixels: the data is not drawn"
+        );
+    }
+    // The same check finds nothing in a blank stretch of the page (the right margin).
+    let right = plots
+        .iter()
+        .map(|p| (p["x"].as_f64().unwrap() + p["w"].as_f64().unwrap()) as usize)
+        .max()
+        .unwrap();
+    if right + 40 < width {
+        let (ink, _) = image.ink(right + 20, 0, width - right - 30, image.height);
+        assert_eq!(ink, 0, "the margin should be blank");
+    }
+    eprintln!("screenshot: {}", shot.display());
+}
