@@ -121,3 +121,63 @@ fn bad_arguments_fail_clearly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("error: "));
 }
+
+#[test]
+fn report_from_a_metrics_file_with_its_alarms() {
+    use mtrl_eval::monitor::{JsonlSink, MetricsSink, StepMetrics, names};
+
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-report");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let metrics = dir.join("metrics.jsonl");
+    let mut sink = JsonlSink::create(&metrics).unwrap();
+    // 30 steps: the reward climbs while strict success and the format rate fall.
+    for step in 0..30u64 {
+        let p = step as f64 / 29.0;
+        let mut m = StepMetrics::new(step);
+        m.set(names::REWARD_MEAN, 0.3 + 0.6 * p);
+        m.set(names::FORMAT_FRAC, 0.9 - 0.6 * p);
+        m.set(names::TOOL_CALLS_MEAN, 4.0);
+        m.set(names::reward_component("exact_match"), 0.3 + 0.6 * p);
+        m.turns = vec![0, 2, 5, 3];
+        if step % 3 == 2 {
+            m.set(names::VAL_TSR, 0.4 - 0.3 * p);
+        }
+        sink.write(&m).unwrap();
+    }
+    drop(sink);
+    let out_dir = dir.join("report");
+    let out = mtrl()
+        .args([
+            "report",
+            "--title",
+            "a hacked run",
+            "--window",
+            "5",
+            "--metrics",
+        ])
+        .arg(&metrics)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("alarm reward_without_success"), "{stderr}");
+    assert!(stderr.contains("alarm format_drift"), "{stderr}");
+    let html = std::fs::read_to_string(out_dir.join("report.html")).unwrap();
+    assert!(html.contains("a hacked run"));
+    assert_eq!(std::fs::read_dir(out_dir.join("plots")).unwrap().count(), 5);
+
+    std::fs::write(&metrics, "{\"step\": 0}\nnot json\n").unwrap();
+    let out = mtrl()
+        .args(["report", "--metrics"])
+        .arg(&metrics)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 2"), "{stderr}");
+}

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mtrl_env::sop_bench::{DOMAINS, Domain, Source, Target, audit_domain};
+use mtrl_eval::monitor::{AlarmConfig, HackingAlarm, Report, read_metrics};
 
 #[derive(Parser)]
 #[command(name = "mtrl", version, about = "Multi-turn RL for tool-using agents")]
@@ -18,6 +19,25 @@ enum Command {
     /// Audit SOP-Bench environments: determinism, seed-dependence, answer leaks, schema
     /// fidelity, tool coverage.
     Audit(AuditArgs),
+    /// Write the HTML report of a run from its metrics file (JSON Lines, one step per line),
+    /// with the reward-hacking alarms raised along the way.
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// The run's metrics, as written by `mtrl_eval::monitor::JsonlSink`.
+    #[arg(long)]
+    metrics: PathBuf,
+    /// The folder to write `report.html` and `plots/*.png` into.
+    #[arg(long)]
+    out: PathBuf,
+    /// The report's title.
+    #[arg(long, default_value = "mtrl run")]
+    title: String,
+    /// Steps averaged by the alarm for "now" and "the start".
+    #[arg(long, default_value_t = 10)]
+    window: usize,
 }
 
 #[derive(clap::Args)]
@@ -52,15 +72,46 @@ enum AuditTarget {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Audit(args) => match run_audit(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+    let result = match cli.command {
+        Command::Audit(args) => run_audit(args),
+        Command::Report(args) => run_report(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+fn run_report(args: ReportArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let history = read_metrics(&args.metrics)?;
+    let alarm = HackingAlarm::new(AlarmConfig {
+        window: args.window,
+        ..AlarmConfig::default()
+    });
+    let alarms = alarm.scan(&history);
+    for a in &alarms {
+        eprintln!(
+            "alarm {} at step {}: {}",
+            a.kind.as_str(),
+            a.step,
+            a.message
+        );
+    }
+    let files = Report::new(&args.title)
+        .history(&history)
+        .alarms(alarms)
+        .write(&args.out)?;
+    eprintln!(
+        "{} steps; report written to {} ({} charts under plots/)",
+        history.len(),
+        files.html.display(),
+        files.pngs.len()
+    );
+    println!("{}", files.html.display());
+    Ok(())
 }
 
 fn run_audit(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {

@@ -37,7 +37,8 @@ pub mod names {
     pub const FORMAT_FRAC: &str = "rollout/format_frac";
     /// Strict task success rate of the training rollouts.
     pub const TSR: &str = "rollout/tsr";
-    /// Mean of reward minus the strict evaluation's score ([`Evaluation::score`]).
+    /// Mean of reward minus the strict evaluation's score
+    /// ([`Evaluation::score`](mtrl_core::Evaluation::score)).
     pub const REWARD_EVAL_GAP: &str = "rollout/reward_eval_gap";
     /// Share of groups whose rewards are all equal: no advantage, no learning signal.
     pub const ZERO_ADV_GROUPS: &str = "analysis/zero_adv_groups";
