@@ -3,8 +3,8 @@
 //! show it, and the alarm fires on the run's trend, while an aligned reward gives it nothing.
 
 use mtrl_core::{
-    AnswerParser, Episode, Evaluator, Message, Reward, RewardValue, StopReason, Task, ToolCall,
-    ToolResult, Trajectory, Turn,
+    AnswerParser, Episode, Evaluation, Evaluator, Message, Reward, RewardValue, StopReason, Task,
+    ToolCall, ToolResult, Trajectory, Turn,
 };
 use mtrl_eval::monitor::{
     AlarmKind, HackingAlarm, Report, ScoredRollout, StepMetrics, UsualToolUse, names,
@@ -92,6 +92,29 @@ fn aligned_reward() -> impl Reward {
         .gated_by(Format::new(), 1.0)
         .clip(0.0, 1.0)
         .unwrap()
+}
+
+/// The step metrics of a batch of scored, judged episodes.
+fn step_metrics(
+    step: u64,
+    trajectories: &[(usize, &Task, Trajectory)],
+    values: &[RewardValue],
+    evaluations: &[Evaluation],
+) -> StepMetrics {
+    let rollouts: Vec<ScoredRollout<'_>> = trajectories
+        .iter()
+        .zip(values)
+        .zip(evaluations)
+        .map(|(((g, _, t), v), e)| ScoredRollout {
+            trajectory: t,
+            reward: v,
+            evaluation: Some(e),
+            group: *g,
+        })
+        .collect();
+    let mut m = StepMetrics::new(step);
+    m.record_rollouts(&rollouts, &UsualToolUse::none());
+    m
 }
 
 #[tokio::test]
@@ -191,19 +214,7 @@ async fn the_final_response_hack_is_credited_by_the_lenient_reward_failed_by_the
 
     // The step metrics show it: reward far above strict success, the format rate halved, and
     // the strict twin of each component lagging it.
-    let rollouts: Vec<ScoredRollout<'_>> = trajectories
-        .iter()
-        .zip(&lenient_values)
-        .zip(&evaluations)
-        .map(|(((g, _, t), v), e)| ScoredRollout {
-            trajectory: t,
-            reward: v,
-            evaluation: Some(e),
-            group: *g,
-        })
-        .collect();
-    let mut m = StepMetrics::new(0);
-    m.record_rollouts(&rollouts, &UsualToolUse::none());
+    let m = step_metrics(0, &trajectories, &lenient_values, &evaluations);
     assert_eq!(m.get(names::FORMAT_FRAC), Some(0.5));
     assert_eq!(m.get(names::ANSWER_NO_TOOL_FRAC), Some(0.5));
     // Per group: 0 (honest), +1 and +1 (hacked), 0.1 - 0.5 (honest, one field wrong).
@@ -252,19 +263,7 @@ async fn a_run_drifting_into_the_hack_raises_the_alarm() {
             values.push(reward.score(task, t).await.unwrap());
             evaluations.push(evaluator.evaluate(task, t).await.unwrap());
         }
-        let rollouts: Vec<ScoredRollout<'_>> = trajectories
-            .iter()
-            .zip(&values)
-            .zip(&evaluations)
-            .map(|(((g, _, t), v), e)| ScoredRollout {
-                trajectory: t,
-                reward: v,
-                evaluation: Some(e),
-                group: *g,
-            })
-            .collect();
-        let mut m = StepMetrics::new(step);
-        m.record_rollouts(&rollouts, &UsualToolUse::none());
+        let mut m = step_metrics(step, &trajectories, &values, &evaluations);
         if step % 4 == 3 {
             // Validation: the same policy judged by the strict evaluator.
             let records: Vec<EvalRecord> = trajectories
