@@ -1,10 +1,27 @@
 //! # mtrl-train
 //!
-//! The default training backend of mtrl: a candle policy that rolls out exact multi-turn
-//! trajectories, and the trainer that learns from them. It may use every other mtrl crate.
+//! The default training backend of mtrl: a candle policy that loads real models and rolls out
+//! exact multi-turn trajectories (token-in, token-out), and, next, the trainer that learns from
+//! them. It may use every other mtrl crate.
 //!
-//! This crate is at its start: today it holds its error type and the tests that need several
-//! crates; the policy and the trainer come next.
+//! | concept | where |
+//! |---|---|
+//! | the network, its two forward paths, KV cache | [`model::CausalLm`], [`model::KvCache`] |
+//! | loading (HF directory, hub, GGUF) | [`model::ModelSource`] |
+//! | tokenizer and chat template | [`Tokenizer`], [`ChatTemplate`] |
+//!
+//! Runs on the CPU by default; build with the `cuda` feature for candle's CUDA backend (same
+//! code path).
+
+use std::path::{Path, PathBuf};
+
+pub mod assets;
+pub mod chat;
+pub mod model;
+pub mod tokenizer;
+
+pub use chat::ChatTemplate;
+pub use tokenizer::Tokenizer;
 
 /// Errors of mtrl-train.
 #[derive(Debug, thiserror::Error)]
@@ -21,4 +38,51 @@ pub enum Error {
     /// An error from an evaluation.
     #[error(transparent)]
     Eval(#[from] mtrl_eval::Error),
+    /// A tensor operation failed.
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// A model configuration is unsupported or inconsistent.
+    #[error("model config: {0}")]
+    Config(String),
+    /// Weights are missing, misnamed or misshapen.
+    #[error("model weights: {0}")]
+    Weights(String),
+    /// The tokenizer could not be built or used.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The chat template could not be compiled or rendered.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// The hub could not provide the model.
+    #[error("hub: {0}")]
+    Hub(String),
+    /// The input does not fit the model's context window.
+    #[error("{needed} tokens do not fit the context window of {window}")]
+    Context {
+        /// Tokens needed.
+        needed: usize,
+        /// The window.
+        window: usize,
+    },
+    /// A test or example asset could not be fetched.
+    #[error("asset: {0}")]
+    Asset(String),
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }

@@ -1,0 +1,156 @@
+//! [`KvCache`]: keys and values of the tokens seen so far, per layer, for a batch of rows that
+//! may be left-padded.
+
+use candle_core::Tensor;
+
+use crate::Error;
+
+/// The attention keys and values of a batch of sequences, per layer: `[batch, kv_heads, len,
+/// head_dim]`. Rows shorter than the longest are left-padded; `pad()[row]` slots at the start of
+/// that row are padding, masked from attention.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    pad: Vec<usize>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `batch` rows of a model with `layers` layers.
+    pub fn new(layers: usize, batch: usize) -> Self {
+        Self {
+            layers: vec![None; layers],
+            pad: vec![0; batch],
+            len: 0,
+        }
+    }
+
+    /// An empty cache whose rows start with this much padding (for a left-padded prefill).
+    pub fn with_padding(layers: usize, pad: Vec<usize>) -> Self {
+        Self {
+            layers: vec![None; layers],
+            pad,
+            len: 0,
+        }
+    }
+
+    /// Rows.
+    pub fn batch(&self) -> usize {
+        self.pad.len()
+    }
+
+    /// Slots filled (padding included).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Padding slots at the start of each row.
+    pub fn pad(&self) -> &[usize] {
+        &self.pad
+    }
+
+    /// Tokens of `row` (its slots minus its padding).
+    pub fn row_len(&self, row: usize) -> usize {
+        self.len - self.pad[row]
+    }
+
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor), Error> {
+        let kv = match &self.layers[layer] {
+            Some((pk, pv)) => (Tensor::cat(&[pk, k], 2)?, Tensor::cat(&[pv, v], 2)?),
+            None => (k.clone(), v.clone()),
+        };
+        self.layers[layer] = Some(kv.clone());
+        Ok(kv)
+    }
+
+    pub(crate) fn advance(&mut self, t: usize) {
+        self.len += t;
+    }
+
+    /// The cache of one row, without its padding.
+    ///
+    /// # Errors
+    /// A candle error.
+    pub fn row(&self, row: usize) -> Result<KvCache, Error> {
+        let (p, n) = (self.pad[row], self.row_len(row));
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.as_ref()
+                    .map(|(k, v)| -> Result<(Tensor, Tensor), Error> {
+                        Ok((
+                            k.narrow(0, row, 1)?.narrow(2, p, n)?.contiguous()?,
+                            v.narrow(0, row, 1)?.narrow(2, p, n)?.contiguous()?,
+                        ))
+                    })
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(KvCache {
+            layers,
+            pad: vec![0],
+            len: n,
+        })
+    }
+
+    /// Stacks single-row caches into one batch, left-padding the shorter rows.
+    ///
+    /// # Errors
+    /// [`Error::Weights`] for caches of different models or with several rows, or a candle
+    /// error.
+    pub fn stack(rows: &[&KvCache]) -> Result<KvCache, Error> {
+        let Some(first) = rows.first() else {
+            return Err(Error::Weights("no cache rows to stack".into()));
+        };
+        if rows
+            .iter()
+            .any(|r| r.batch() != 1 || r.layers.len() != first.layers.len())
+        {
+            return Err(Error::Weights(
+                "stack takes one-row caches of one model".into(),
+            ));
+        }
+        let len = rows.iter().map(|r| r.len).max().unwrap_or(0);
+        let pad: Vec<usize> = rows.iter().map(|r| len - r.len).collect();
+        let mut layers = Vec::with_capacity(first.layers.len());
+        for l in 0..first.layers.len() {
+            let Some((k0, _)) = rows.iter().find_map(|r| r.layers[l].as_ref()) else {
+                layers.push(None);
+                continue;
+            };
+            let (_, h, _, d) = k0.dims4()?;
+            let mut ks = Vec::with_capacity(rows.len());
+            let mut vs = Vec::with_capacity(rows.len());
+            for (r, p) in rows.iter().zip(&pad) {
+                let (k, v) = match &r.layers[l] {
+                    Some(kv) => kv.clone(),
+                    None => {
+                        let z = Tensor::zeros((1, h, 0, d), k0.dtype(), k0.device())?;
+                        (z.clone(), z)
+                    }
+                };
+                if *p > 0 {
+                    let z = Tensor::zeros((1, h, *p, d), k0.dtype(), k0.device())?;
+                    ks.push(Tensor::cat(&[&z, &k], 2)?);
+                    vs.push(Tensor::cat(&[&z, &v], 2)?);
+                } else {
+                    ks.push(k);
+                    vs.push(v);
+                }
+            }
+            layers.push(Some((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?)));
+        }
+        Ok(KvCache { layers, pad, len })
+    }
+}
