@@ -105,6 +105,24 @@ impl ChatTemplate {
         )
     }
 
+    /// The token that ends an assistant turn in this template (`<|im_end|>` for ChatML,
+    /// `<|eot_id|>` for Llama 3): the first of the tokenizer's stop tokens the template writes
+    /// right after an assistant message.
+    pub fn end_of_turn(&self, tokenizer: &Tokenizer) -> Option<u32> {
+        let probe = [
+            serde_json::json!({"role": "user", "content": "ping"}),
+            serde_json::json!({"role": "assistant", "content": "pong"}),
+        ];
+        let text = self.render(&probe, None, false).ok()?;
+        let after = &text[text.rfind("pong")? + 4..];
+        let after = after.trim_start_matches([' ', '\n']);
+        tokenizer.stop_ids().iter().copied().find(|id| {
+            tokenizer
+                .decode(&[*id])
+                .is_ok_and(|t| !t.is_empty() && after.starts_with(&t))
+        })
+    }
+
     /// The Jinja source.
     pub fn source(&self) -> &str {
         &self.source

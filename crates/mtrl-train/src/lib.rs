@@ -15,11 +15,16 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod agent;
 pub mod assets;
 pub mod chat;
+pub mod engine;
 pub mod model;
+pub mod sampler;
 pub mod tokenizer;
+pub mod toolcall;
 
+pub use agent::{CandleAgent, Drift, ScriptedTokenAgent, Tito, TurnPrompt, drift};
 pub use chat::ChatTemplate;
 pub use tokenizer::Tokenizer;
 
@@ -64,6 +69,15 @@ pub enum Error {
         /// The window.
         window: usize,
     },
+    /// Sampling parameters or logits that cannot be sampled from.
+    #[error("sampling: {0}")]
+    Sampling(String),
+    /// The generation engine stopped.
+    #[error("the generation engine stopped: {0}")]
+    Engine(String),
+    /// Token bookkeeping across turns is impossible (a turn without a record).
+    #[error("token-in-token-out: {0}")]
+    Tito(String),
     /// A test or example asset could not be fetched.
     #[error("asset: {0}")]
     Asset(String),

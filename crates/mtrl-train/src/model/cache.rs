@@ -77,6 +77,65 @@ impl KvCache {
         self.len += t;
     }
 
+    /// The cache of some rows, in the given order, keeping the batch's padding.
+    ///
+    /// # Errors
+    /// A candle error.
+    pub fn select_rows(&self, rows: &[usize]) -> Result<KvCache, Error> {
+        let (Some(first), true) = (self.layers.iter().flatten().next(), !rows.is_empty()) else {
+            return Ok(KvCache {
+                layers: self.layers.clone(),
+                pad: rows.iter().map(|r| self.pad[*r]).collect(),
+                len: self.len,
+            });
+        };
+        let idx = Tensor::from_vec(
+            rows.iter().map(|r| *r as u32).collect::<Vec<_>>(),
+            rows.len(),
+            first.0.device(),
+        )?;
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.as_ref()
+                    .map(|(k, v)| -> Result<(Tensor, Tensor), Error> {
+                        Ok((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?))
+                    })
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        // Padding no row needs any more is dropped.
+        let pad: Vec<usize> = rows.iter().map(|r| self.pad[*r]).collect();
+        let mut out = KvCache {
+            layers,
+            pad,
+            len: self.len,
+        };
+        out.trim_padding()?;
+        Ok(out)
+    }
+
+    /// Drops leading slots that are padding in every row.
+    fn trim_padding(&mut self) -> Result<(), Error> {
+        let common = self.pad.iter().copied().min().unwrap_or(0);
+        if common == 0 {
+            return Ok(());
+        }
+        let keep = self.len - common;
+        for l in self.layers.iter_mut().flatten() {
+            *l = (
+                l.0.narrow(2, common, keep)?.contiguous()?,
+                l.1.narrow(2, common, keep)?.contiguous()?,
+            );
+        }
+        for p in &mut self.pad {
+            *p -= common;
+        }
+        self.len = keep;
+        Ok(())
+    }
+
     /// The cache of one row, without its padding.
     ///
     /// # Errors
