@@ -254,6 +254,75 @@ impl Tito<'_> {
     }
 }
 
+/// What [`Tito::check`] found in a trajectory's token records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TitoCheck {
+    /// Turns checked.
+    pub turns: usize,
+    /// Segments (training sequences).
+    pub segments: usize,
+    /// Sampled tokens (all under the loss mask).
+    pub sampled: usize,
+    /// Turns whose stored prompt does not decode to the template's render of the conversation.
+    pub prompt_mismatches: Vec<usize>,
+    /// Turns whose sampled ids do not decode to the action's text.
+    pub sample_mismatches: Vec<usize>,
+}
+
+impl TitoCheck {
+    /// Whether everything matched.
+    pub fn is_exact(&self) -> bool {
+        self.prompt_mismatches.is_empty() && self.sample_mismatches.is_empty()
+    }
+}
+
+impl Tito<'_> {
+    /// Checks a finished trajectory's token records against the conversation: before each
+    /// turn, the stored segment decodes to exactly the template's render of the conversation so
+    /// far (with the generation prompt); each turn's sampled ids decode to its action's text
+    /// (plus the end-of-turn token).
+    ///
+    /// # Errors
+    /// [`Error::Tito`] for a turn without a record, or a template or tokenizer error.
+    pub fn check(&self, t: &Trajectory) -> Result<TitoCheck, Error> {
+        let mut out = TitoCheck::default();
+        let mut messages = t.prompt.clone();
+        let mut segment: Vec<u32> = Vec::new();
+        let tools: Vec<Value> = t.tools.iter().map(|s| s.to_openai()).collect();
+        let tools = self.template.supports_tools().then_some(tools.as_slice());
+        for (i, turn) in t.turns.iter().enumerate() {
+            let record = turn
+                .tokens
+                .as_ref()
+                .ok_or_else(|| Error::Tito(format!("turn {i} has no token record")))?;
+            if record.starts_segment() {
+                segment.clear();
+                out.segments += 1;
+            }
+            segment.extend_from_slice(record.prompt_ids());
+            let rendered = template_messages(self.template, self.format, &messages, &t.tools);
+            let render = self.template.render(&rendered, tools, true)?;
+            if self.tokenizer.decode(&segment)? != render {
+                out.prompt_mismatches.push(i);
+            }
+            let sampled = record.sampled_ids();
+            let text_ids = match sampled.last() {
+                Some(last) if self.tokenizer.stop_ids().contains(last) => &sampled[..sampled.len() - 1],
+                _ => sampled,
+            };
+            if self.tokenizer.decode(text_ids)? != turn.action.content {
+                out.sample_mismatches.push(i);
+            }
+            out.sampled += record.loss_mask().iter().filter(|m| **m).count();
+            segment.extend_from_slice(sampled);
+            messages.push(turn.action.clone());
+            messages.extend(turn.observations.iter().cloned());
+            out.turns += 1;
+        }
+        Ok(out)
+    }
+}
+
 /// An agent that replays scripted assistant texts through the same token bookkeeping as
 /// [`CandleAgent`] (each text encoded as if sampled, with logprob 0, then the end-of-turn
 /// token): for testing templates and environments without a model.

@@ -55,6 +55,8 @@ pub struct EngineConfig {
     pub gather: Duration,
     /// How many tokens of prefixes to keep cached (oldest dropped first).
     pub prefix_cache_tokens: usize,
+    /// Prompt tokens run through the model at once.
+    pub prefill_chunk: usize,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +65,7 @@ impl Default for EngineConfig {
             max_batch: 16,
             gather: Duration::from_millis(5),
             prefix_cache_tokens: 32_768,
+            prefill_chunk: 256,
         }
     }
 }
@@ -235,43 +238,49 @@ impl Engine {
         }
     }
 
-    /// Runs what is new of `prompt` through the model, starting from the longest cached
-    /// prefix; returns its one-row cache, the logits after its last token, and how many
-    /// tokens ran.
+    /// Runs what is new of `prompt` through the model, starting from the cached sequence that
+    /// shares the longest prefix with it (another sample of the group, the episode's previous
+    /// turn, another task with the same system prompt); returns its one-row cache, the logits
+    /// after its last token, and how many tokens ran.
     fn prefill(&mut self, prompt: &[u32]) -> Result<(KvCache, Vec<f32>, usize), Error> {
         self.clock += 1;
         let layers = self.model.config().num_layers;
         let best = self
             .prefixes
             .iter_mut()
-            .filter(|e| e.ids.len() <= prompt.len() && prompt.starts_with(&e.ids))
-            .max_by_key(|e| e.ids.len());
-        let (mut cache, start, cached_logits) = match best {
-            Some(e) => {
-                e.used = self.clock;
-                (e.cache.clone(), e.ids.len(), e.logits.clone())
+            .map(|e| {
+                let common = e.ids.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+                (common, e)
+            })
+            .filter(|(common, _)| *common > 0)
+            .max_by_key(|(common, _)| *common);
+        let mut cache = KvCache::new(layers, 1);
+        let mut start = 0;
+        if let Some((common, e)) = best {
+            e.used = self.clock;
+            if common == prompt.len() && e.ids.len() == prompt.len() {
+                if let Some(logits) = &e.logits {
+                    return Ok((e.cache.clone(), logits.clone(), 0));
+                }
             }
-            None => (KvCache::new(layers, 1), 0, None),
-        };
-        if start == prompt.len() {
-            if let Some(logits) = cached_logits {
-                return Ok((cache, logits, 0));
+            // Reuse the common part, but run at least the prompt's last token for its logits.
+            let reuse = common.min(prompt.len() - 1).min(e.cache.len());
+            if reuse > 0 {
+                cache = e.cache.truncated(reuse)?;
+                start = reuse;
             }
         }
-        // Re-run at least the last token, to get its logits.
-        let start = if start == prompt.len() {
-            cache = KvCache::new(layers, 1);
-            0
-        } else {
-            start
-        };
         let rest = &prompt[start..];
-        let x = Tensor::new(rest, self.model.device())?.unsqueeze(0)?;
-        let logits = self.model.forward_cached(&x, &mut cache)?;
-        let last = logits
-            .narrow(1, rest.len() - 1, 1)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        // In chunks, so that attention scores stay small however long the prompt.
+        let mut last = Vec::new();
+        for chunk in rest.chunks(self.config.prefill_chunk.max(1)) {
+            let x = Tensor::new(chunk, self.model.device())?.unsqueeze(0)?;
+            let logits = self.model.forward_cached(&x, &mut cache)?;
+            last = logits
+                .narrow(1, chunk.len() - 1, 1)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+        }
         self.remember(prompt.to_vec(), cache.clone(), Some(last.clone()));
         Ok((cache, last, rest.len()))
     }
@@ -312,6 +321,8 @@ impl Engine {
         let refs: Vec<&KvCache> = rows.iter().collect();
         let mut cache = KvCache::stack(&refs)?;
         drop(rows);
+        let longest = live.iter().map(|s| s.max).max().unwrap_or(0);
+        cache.reserve(longest)?;
         let mut logits = first_logits;
         loop {
             // Sample one token per live row; note which rows are done.
@@ -354,6 +365,8 @@ impl Engine {
                 }
                 let keep: Vec<usize> = (0..cache.batch()).filter(|i| !done.contains(i)).collect();
                 cache = cache.select_rows(&keep)?;
+                let left = live.iter().map(|s| s.max - s.out.ids.len()).max().unwrap_or(0);
+                cache.reserve(left)?;
             }
             let next: Vec<u32> = live
                 .iter()

@@ -24,7 +24,7 @@ pub mod sampler;
 pub mod tokenizer;
 pub mod toolcall;
 
-pub use agent::{CandleAgent, Drift, ScriptedTokenAgent, Tito, TurnPrompt, drift};
+pub use agent::{CandleAgent, Drift, ScriptedTokenAgent, Tito, TitoCheck, TurnPrompt, drift};
 pub use chat::ChatTemplate;
 pub use tokenizer::Tokenizer;
 

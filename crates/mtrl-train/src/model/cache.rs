@@ -13,6 +13,9 @@ pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     pad: Vec<usize>,
     len: usize,
+    /// Preallocated buffers `[batch, kv_heads, capacity, head_dim]` written in place, owned by
+    /// this cache alone (see [`KvCache::reserve`]); `layers` then holds views of them.
+    buffers: Option<Vec<(Tensor, Tensor)>>,
 }
 
 impl KvCache {
@@ -22,6 +25,7 @@ impl KvCache {
             layers: vec![None; layers],
             pad: vec![0; batch],
             len: 0,
+            buffers: None,
         }
     }
 
@@ -31,6 +35,7 @@ impl KvCache {
             layers: vec![None; layers],
             pad,
             len: 0,
+            buffers: None,
         }
     }
 
@@ -65,6 +70,17 @@ impl KvCache {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<(Tensor, Tensor), Error> {
+        let t = k.dim(2)?;
+        if let Some(buffers) = &self.buffers {
+            let (bk, bv) = &buffers[layer];
+            if self.len + t <= bk.dim(2)? {
+                bk.slice_set(&k.contiguous()?, 2, self.len)?;
+                bv.slice_set(&v.contiguous()?, 2, self.len)?;
+                let kv = (bk.narrow(2, 0, self.len + t)?, bv.narrow(2, 0, self.len + t)?);
+                self.layers[layer] = Some(kv.clone());
+                return Ok(kv);
+            }
+        }
         let kv = match &self.layers[layer] {
             Some((pk, pv)) => (Tensor::cat(&[pk, k], 2)?, Tensor::cat(&[pv, v], 2)?),
             None => (k.clone(), v.clone()),
@@ -75,6 +91,43 @@ impl KvCache {
 
     pub(crate) fn advance(&mut self, t: usize) {
         self.len += t;
+        if self
+            .buffers
+            .as_ref()
+            .and_then(|b| b.first())
+            .is_some_and(|(k, _)| k.dim(2).is_ok_and(|cap| self.len > cap))
+        {
+            // Past the reserve: later appends concatenate.
+            self.buffers = None;
+        }
+    }
+
+    /// Makes room for `extra` more slots in fresh buffers this cache alone owns, so that
+    /// appending writes in place instead of copying the whole cache at every step. Clones of
+    /// the cache share the buffers: reserve again before appending to a clone.
+    ///
+    /// # Errors
+    /// A candle error.
+    pub fn reserve(&mut self, extra: usize) -> Result<(), Error> {
+        let Some((k0, _)) = self.layers.iter().flatten().next() else {
+            return Ok(());
+        };
+        let (b, h, _, d) = k0.dims4()?;
+        let cap = self.len + extra;
+        let mut buffers = Vec::with_capacity(self.layers.len());
+        for l in self.layers.iter_mut() {
+            let Some((k, v)) = l.as_ref() else {
+                return Ok(());
+            };
+            let bk = Tensor::zeros((b, h, cap, d), k.dtype(), k.device())?;
+            let bv = Tensor::zeros((b, h, cap, d), v.dtype(), v.device())?;
+            bk.slice_set(&k.contiguous()?, 2, 0)?;
+            bv.slice_set(&v.contiguous()?, 2, 0)?;
+            *l = Some((bk.narrow(2, 0, self.len)?, bv.narrow(2, 0, self.len)?));
+            buffers.push((bk, bv));
+        }
+        self.buffers = Some(buffers);
+        Ok(())
     }
 
     /// The cache of some rows, in the given order, keeping the batch's padding.
@@ -87,6 +140,7 @@ impl KvCache {
                 layers: self.layers.clone(),
                 pad: rows.iter().map(|r| self.pad[*r]).collect(),
                 len: self.len,
+                buffers: None,
             });
         };
         let idx = Tensor::from_vec(
@@ -111,6 +165,7 @@ impl KvCache {
             layers,
             pad,
             len: self.len,
+            buffers: None,
         };
         out.trim_padding()?;
         Ok(out)
@@ -134,6 +189,37 @@ impl KvCache {
         }
         self.len = keep;
         Ok(())
+    }
+
+    /// The first `len` slots of a one-row cache.
+    ///
+    /// # Errors
+    /// [`Error::Weights`] for a batch or a length past the end, or a candle error.
+    pub fn truncated(&self, len: usize) -> Result<KvCache, Error> {
+        if self.batch() != 1 || self.pad[0] != 0 || len > self.len {
+            return Err(Error::Weights(format!(
+                "cannot cut a {}-row cache of {} slots to {len}",
+                self.batch(),
+                self.len
+            )));
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.as_ref()
+                    .map(|(k, v)| -> Result<(Tensor, Tensor), Error> {
+                        Ok((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?))
+                    })
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(KvCache {
+            layers,
+            pad: vec![0],
+            len,
+            buffers: None,
+        })
     }
 
     /// The cache of one row, without its padding.
@@ -160,6 +246,7 @@ impl KvCache {
             layers,
             pad: vec![0],
             len: n,
+            buffers: None,
         })
     }
 
@@ -210,6 +297,11 @@ impl KvCache {
             }
             layers.push(Some((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?)));
         }
-        Ok(KvCache { layers, pad, len })
+        Ok(KvCache {
+            layers,
+            pad,
+            len,
+            buffers: None,
+        })
     }
 }
