@@ -30,7 +30,10 @@ fn request(prompt: &[u32], max_tokens: usize, seed: u64) -> GenRequest {
     }
 }
 
-fn run(generator: &Generator, requests: Vec<GenRequest>) -> Result<(f64, usize, usize), Box<dyn std::error::Error>> {
+fn run(
+    generator: &Generator,
+    requests: Vec<GenRequest>,
+) -> Result<(f64, usize, usize), Box<dyn std::error::Error>> {
     let start = Instant::now();
     let outs = generator.generate_blocking(requests);
     let secs = start.elapsed().as_secs_f64();
@@ -66,15 +69,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (s1, t1, p1) = run(&generator, vec![request(&prompt, NEW_TOKENS, 2)])?;
     let (s8, t8, p8) = run(
         &generator,
-        (0..8).map(|i| request(&prompt, NEW_TOKENS, 10 + i)).collect(),
+        (0..8)
+            .map(|i| request(&prompt, NEW_TOKENS, 10 + i))
+            .collect(),
     )?;
     // At most the last prompt token is re-run per batch: the timings are decoding.
-    assert!(p1 + p8 <= 2, "decode timings must not include prefill ({p1} + {p8})");
+    assert!(
+        p1 + p8 <= 2,
+        "decode timings must not include prefill ({p1} + {p8})"
+    );
     let b1 = t1 as f64 / s1;
     let b8 = t8 as f64 / s8;
 
     // Prefill: one group of 8 sharing a 2,000-token prompt, against 8 different prompts.
-    let long: Vec<u32> = (0..2000u32).map(|i| (i * 7919 + 17) % vocab.min(40_000)).collect();
+    let long: Vec<u32> = (0..2000u32)
+        .map(|i| (i * 7919 + 17) % vocab.min(40_000))
+        .collect();
     let shared_gen = Generator::start(model.clone(), engine);
     let (shared_s, _, shared_p) = run(&shared_gen, (0..8).map(|i| request(&long, 1, i)).collect())?;
     let separate_gen = Generator::start(model, engine);

@@ -18,7 +18,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n_tasks: usize = args.next().map_or(Ok(2), |a| a.parse())?;
     let samples: usize = args.next().map_or(Ok(2), |a| a.parse())?;
     let domain = Domain::load(&Source::from_env(), "customer_service")?;
-    let tasks: Vec<_> = domain.tasks(InputPolicy::Mtrl)?.into_iter().take(n_tasks).collect();
+    let tasks: Vec<_> = domain
+        .tasks(InputPolicy::Mtrl)?
+        .into_iter()
+        .take(n_tasks)
+        .collect();
     let factory = domain.environment(Mode::Strict)?;
     let loaded = ModelSource::Gguf(mtrl_train::assets::smollm2_gguf()?).load(&Device::Cpu)?;
     let params = SamplingParams {
@@ -35,9 +39,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let groups = driver.run_batch(&agent, &factory, &tasks, samples).await;
     println!("{:.1} s", start.elapsed().as_secs_f64());
     for t in groups.iter().flatten() {
-        println!("== {}#{} stop {} ({} tool calls, {} ok)", t.task_id, t.episode.index, t.stop, t.tool_calls(), t.tool_outcomes().ok);
+        println!(
+            "== {}#{} stop {} ({} tool calls, {} ok)",
+            t.task_id,
+            t.episode.index,
+            t.stop,
+            t.tool_calls(),
+            t.tool_outcomes().ok
+        );
         for turn in &t.turns {
-            println!("-- assistant ({} tokens):\n{}", turn.tokens.as_ref().map_or(0, |r| r.sampled_ids().len()), turn.action.content);
+            println!(
+                "-- assistant ({} tokens):\n{}",
+                turn.tokens.as_ref().map_or(0, |r| r.sampled_ids().len()),
+                turn.action.content
+            );
             for o in &turn.observations {
                 println!("-- {:?}: {:.300}", o.role, o.content);
             }

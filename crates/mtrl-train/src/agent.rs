@@ -307,7 +307,9 @@ impl Tito<'_> {
             }
             let sampled = record.sampled_ids();
             let text_ids = match sampled.last() {
-                Some(last) if self.tokenizer.stop_ids().contains(last) => &sampled[..sampled.len() - 1],
+                Some(last) if self.tokenizer.stop_ids().contains(last) => {
+                    &sampled[..sampled.len() - 1]
+                }
                 _ => sampled,
             };
             if self.tokenizer.decode(text_ids)? != turn.action.content {
@@ -392,7 +394,9 @@ pub fn turn_seed(episode_seed: u64, turn: usize) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The conversation as a chat template receives it (see [`CandleAgent::template_messages`]).
+/// The conversation as a chat template receives it: assistant turns as the exact text that
+/// was sampled, and a standard tools section in the system message when the template has none
+/// of its own.
 pub fn template_messages(
     template: &ChatTemplate,
     format: &dyn ToolCallFormat,

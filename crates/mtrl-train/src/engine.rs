@@ -365,7 +365,11 @@ impl Engine {
                 }
                 let keep: Vec<usize> = (0..cache.batch()).filter(|i| !done.contains(i)).collect();
                 cache = cache.select_rows(&keep)?;
-                let left = live.iter().map(|s| s.max - s.out.ids.len()).max().unwrap_or(0);
+                let left = live
+                    .iter()
+                    .map(|s| s.max - s.out.ids.len())
+                    .max()
+                    .unwrap_or(0);
                 cache.reserve(left)?;
             }
             let next: Vec<u32> = live

@@ -2,8 +2,6 @@
 //! tool calls served by mtrl-env. The trajectories carry token records that decode back to the
 //! conversation, with masks over exactly the sampled tokens.
 
-use std::sync::Arc;
-
 use candle_core::Device;
 use mtrl_core::{Limits, RolloutDriver};
 use mtrl_env::sop_bench::{Domain, InputPolicy, Mode, Source};
@@ -23,7 +21,12 @@ async fn smollm2_rolls_out_customer_service_tasks_with_exact_token_records() {
             return;
         }
     };
-    let tasks: Vec<_> = domain.tasks(InputPolicy::Mtrl).unwrap().into_iter().take(2).collect();
+    let tasks: Vec<_> = domain
+        .tasks(InputPolicy::Mtrl)
+        .unwrap()
+        .into_iter()
+        .take(2)
+        .collect();
     let factory = domain.environment(Mode::Strict).unwrap();
     let path = mtrl_train::assets::smollm2_gguf().expect("SmolLM2 GGUF");
     let loaded = ModelSource::Gguf(path).load(&Device::Cpu).unwrap();
@@ -65,7 +68,10 @@ async fn smollm2_rolls_out_customer_service_tasks_with_exact_token_records() {
         for turn in &t.turns {
             if !turn.action.tool_calls.is_empty() && !turn.observations.is_empty() {
                 assert_eq!(turn.observations.len(), turn.action.tool_calls.len());
-                assert_eq!(turn.tool_results().unwrap().len(), turn.action.tool_calls.len());
+                assert_eq!(
+                    turn.tool_results().unwrap().len(),
+                    turn.action.tool_calls.len()
+                );
             }
         }
     }
@@ -81,12 +87,25 @@ async fn smollm2_rolls_out_customer_service_tasks_with_exact_token_records() {
         let check = tito.check(t).unwrap();
         assert!(check.is_exact(), "{}: {check:?}", t.task_id);
         assert_eq!(check.segments, 1, "ChatML appends only");
-        let sampled: usize = t.turns.iter().map(|x| x.tokens.as_ref().unwrap().sampled_ids().len()).sum();
-        assert_eq!(check.sampled, sampled, "the mask covers exactly the sampled tokens");
+        let sampled: usize = t
+            .turns
+            .iter()
+            .map(|x| x.tokens.as_ref().unwrap().sampled_ids().len())
+            .sum();
+        assert_eq!(
+            check.sampled, sampled,
+            "the mask covers exactly the sampled tokens"
+        );
         let seqs = t.sequences().unwrap();
-        let masked: usize = seqs.iter().map(|s| s.loss_mask.iter().filter(|m| **m).count()).sum();
+        let masked: usize = seqs
+            .iter()
+            .map(|s| s.loss_mask.iter().filter(|m| **m).count())
+            .sum();
         assert_eq!(masked, sampled);
         let d = drift(tokenizer, t).unwrap();
-        eprintln!("{}: drift {} of {} tokens", t.task_id, d.mismatched, d.tokens);
+        eprintln!(
+            "{}: drift {} of {} tokens",
+            t.task_id, d.mismatched, d.tokens
+        );
     }
 }

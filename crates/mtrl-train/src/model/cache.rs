@@ -76,7 +76,10 @@ impl KvCache {
             if self.len + t <= bk.dim(2)? {
                 bk.slice_set(&k.contiguous()?, 2, self.len)?;
                 bv.slice_set(&v.contiguous()?, 2, self.len)?;
-                let kv = (bk.narrow(2, 0, self.len + t)?, bv.narrow(2, 0, self.len + t)?);
+                let kv = (
+                    bk.narrow(2, 0, self.len + t)?,
+                    bv.narrow(2, 0, self.len + t)?,
+                );
                 self.layers[layer] = Some(kv.clone());
                 return Ok(kv);
             }
