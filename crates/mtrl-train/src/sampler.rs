@@ -139,13 +139,11 @@ impl Sampler {
         if !max.is_finite() {
             return Err(Error::Sampling("the logits are not finite".into()));
         }
-        // log-softmax of logits / t, in f64 for the normaliser.
-        let lse = logits
-            .iter()
-            .map(|l| (f64::from((l - max) / t)).exp())
-            .sum::<f64>()
-            .ln();
-        let logprob = |i: usize| (f64::from((logits[i] - max) / t) - lse) as f32;
+        // One pass of exponentials: unnormalised probabilities of logits / t.
+        let weights: Vec<f32> = logits.iter().map(|l| ((l - max) / t).exp()).collect();
+        let total: f64 = weights.iter().map(|w| f64::from(*w)).sum();
+        let log_total = total.ln();
+        let logprob = |i: usize| (f64::from((logits[i] - max) / t) - log_total) as f32;
         if params.temperature == 0.0 {
             let id = argmax(logits);
             return Ok(Sampled {
@@ -157,11 +155,12 @@ impl Sampler {
         let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         if !params.truncates() {
             // Inverse CDF over the full distribution.
+            let target = u * total;
             let mut acc = 0.0;
             let mut pick = logits.len() - 1;
-            for i in 0..logits.len() {
-                acc += f64::from(logprob(i)).exp();
-                if u < acc {
+            for (i, w) in weights.iter().enumerate() {
+                acc += f64::from(*w);
+                if target < acc {
                     pick = i;
                     break;
                 }
@@ -180,7 +179,7 @@ impl Sampler {
         let mut kept = Vec::with_capacity(order.len());
         let mut mass = 0.0;
         for i in order {
-            let p = f64::from(logprob(i)).exp();
+            let p = f64::from(weights[i]) / total;
             kept.push((i, p));
             mass += p;
             if mass >= f64::from(params.top_p) {

@@ -85,6 +85,38 @@ fn batched_decoding_equals_decoding_alone() {
 }
 
 #[test]
+fn rows_that_finish_early_leave_the_others_decoding_as_alone() {
+    let model = tiny();
+    let lengths = [3usize, 9, 5, 12];
+    let params = |n: usize| SamplingParams {
+        max_tokens: n,
+        ..SamplingParams::default()
+    };
+    let prompt = |i: usize| -> Vec<u32> {
+        (0..(5 + i as u32 * 3))
+            .map(|x| (x * 11 + i as u32) % 97)
+            .collect()
+    };
+    let together = Generator::start(model.clone(), EngineConfig::default()).generate_blocking(
+        lengths
+            .iter()
+            .enumerate()
+            .map(|(i, n)| request(prompt(i), params(*n), i as u64))
+            .collect(),
+    );
+    for (i, n) in lengths.iter().enumerate() {
+        let alone = Generator::start(model.clone(), EngineConfig::default())
+            .generate_blocking(vec![request(prompt(i), params(*n), i as u64)])
+            .pop()
+            .unwrap()
+            .unwrap();
+        let batched = together[i].as_ref().unwrap();
+        assert_eq!(batched.ids.len(), *n);
+        assert_eq!(batched.ids, alone.ids, "row {i}");
+    }
+}
+
+#[test]
 fn a_group_prefills_its_prompt_once_and_turns_reuse_the_cache() {
     let model = tiny();
     let generator = Generator::start(model, EngineConfig::default());

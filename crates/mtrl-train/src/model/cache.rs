@@ -157,7 +157,10 @@ impl KvCache {
             .map(|l| {
                 l.as_ref()
                     .map(|(k, v)| -> Result<(Tensor, Tensor), Error> {
-                        Ok((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?))
+                        Ok((
+                            k.contiguous()?.index_select(&idx, 0)?,
+                            v.contiguous()?.index_select(&idx, 0)?,
+                        ))
                     })
                     .transpose()
             })
