@@ -2,15 +2,17 @@
 //! batch 8, and the prefill of one group of 8 sharing a 2,000-token prefix against 8 separate
 //! prefills. Prints one JSON object, and writes it to the path given as the first argument.
 //!
-//! `cargo run --release -p mtrl-train --example bench_policy [out.json]`
-//! (CUDA: build with `--features cuda`; the GPU is used when one is found.)
+//! `cargo run --release -p mtrl-train --example bench_policy [out.json] [--random]`
+//! (CUDA: build with `--features cuda`; the GPU is used when one is found.) `--random` uses
+//! random weights of SmolLM2-135M's shape instead of the GGUF, for machines without the file;
+//! the timings do not depend on the weights' values.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Device;
 use mtrl_train::engine::{EngineConfig, GenRequest, Generator};
-use mtrl_train::model::ModelSource;
+use mtrl_train::model::{Architecture, CausalLm, ModelConfig, ModelSource, Params};
 use mtrl_train::sampler::{Sampler, SamplingParams};
 use serde_json::json;
 
@@ -48,19 +50,29 @@ fn run(
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out_path = std::env::args().nth(1);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let random = args.iter().any(|a| a == "--random");
+    let out_path = args.iter().find(|a| !a.starts_with("--")).cloned();
     let device = Device::cuda_if_available(0)?;
-    let loaded = ModelSource::Gguf(mtrl_train::assets::smollm2_gguf()?).load(&device)?;
-    let vocab = loaded.model.config().vocab_size as u32;
-    let model = Arc::new(loaded.model);
+    let (model, prompt) = if random {
+        let config = smollm2_shape();
+        let params = Params::random(&config, 0, &device)?;
+        let prompt: Vec<u32> = (0..24u32).map(|i| 100 + i * 37).collect();
+        (CausalLm::new(config, params, &device)?, prompt)
+    } else {
+        let loaded = ModelSource::Gguf(mtrl_train::assets::smollm2_gguf()?).load(&device)?;
+        let text = "<|im_start|>user\nList the steps to reset a router, one per line.<|im_end|>\n<|im_start|>assistant\n";
+        let prompt = loaded.tokenizer.encode(text)?;
+        (loaded.model, prompt)
+    };
+    let vocab = model.config().vocab_size as u32;
+    let model = Arc::new(model);
     let engine = EngineConfig {
         max_batch: 16,
         gather: std::time::Duration::from_millis(20),
         prefix_cache_tokens: 200_000,
         prefill_chunk: 512,
     };
-    let text = "<|im_start|>user\nList the steps to reset a router, one per line.<|im_end|>\n<|im_start|>assistant\n";
-    let prompt = loaded.tokenizer.encode(text)?;
 
     // Decode: the prompt is cached first, so only decoding is timed.
     let generator = Generator::start(model.clone(), engine);
@@ -99,7 +111,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let figures = json!({
         "device": format!("{device:?}"),
-        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to f32)",
+        "model": if random { "random weights, SmolLM2-135M shape, f32" } else { "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to f32)" },
         "decode_batch1_tok_s": b1,
         "decode_batch8_tok_s": b8,
         "batch8_over_batch1": b8 / b1,
@@ -116,4 +128,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(path, text)?;
     }
     Ok(())
+}
+
+/// SmolLM2-135M's shape.
+fn smollm2_shape() -> ModelConfig {
+    ModelConfig {
+        architecture: Architecture::Llama,
+        vocab_size: 49_152,
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_layers: 30,
+        num_heads: 9,
+        num_kv_heads: 3,
+        head_dim: 64,
+        rope_theta: 100_000.0,
+        rms_norm_eps: 1e-5,
+        max_position_embeddings: 8192,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        qk_norm: false,
+    }
 }
