@@ -9,6 +9,11 @@
 //! | the network, its two forward paths, KV cache | [`model::CausalLm`], [`model::KvCache`] |
 //! | loading (HF directory, hub, GGUF) | [`model::ModelSource`] |
 //! | tokenizer and chat template | [`Tokenizer`], [`ChatTemplate`] |
+//! | sampling (policy and behaviour logprobs, restorable RNG) | [`sampler::Sampler`] |
+//! | batched generation with prefix sharing | [`engine::Generator`] |
+//! | tool-call formats (Hermes, JSON list) | [`toolcall::ToolCallFormat`] |
+//! | the agent, token-in-token-out bookkeeping, drift | [`CandleAgent`], [`Tito`], [`drift`] |
+//! | registry assets for tests and examples | [`assets`] |
 //!
 //! Runs on the CPU by default; build with the `cuda` feature for candle's CUDA backend (same
 //! code path).
