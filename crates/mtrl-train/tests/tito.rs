@@ -9,10 +9,9 @@ use mtrl_core::{
     Environment, Episode, Limits, Message, Reset, Result as CoreResult, RolloutDriver, Step,
     StopReason, Task, ToolSpec, Trajectory, async_trait,
 };
-use mtrl_train::agent::template_messages;
 use mtrl_train::model::ModelSource;
 use mtrl_train::toolcall::{Hermes, JsonList, ToolCallFormat};
-use mtrl_train::{ChatTemplate, ScriptedTokenAgent, Tokenizer, drift};
+use mtrl_train::{ChatTemplate, ScriptedTokenAgent, Tito, Tokenizer, drift};
 use serde_json::json;
 
 /// One `lookup` tool; the first answer without a call gets a user follow-up, the second ends
@@ -116,39 +115,23 @@ fn segment_starts(t: &Trajectory) -> Vec<usize> {
 }
 
 /// Each turn's prompt: the stored segment, decoded, is exactly the template's render of the
-/// conversation so far with the generation prompt.
+/// conversation so far with the generation prompt; samples decode to the actions' text; masks
+/// cover exactly the sampled tokens.
 fn check_prompts(tok: &Tokenizer, tpl: &ChatTemplate, t: &Trajectory) {
-    let mut messages = t.prompt.clone();
-    let mut segment: Vec<u32> = Vec::new();
-    for turn in &t.turns {
-        let record = turn.tokens.as_ref().unwrap();
-        if record.starts_segment() {
-            segment.clear();
-        }
-        segment.extend_from_slice(record.prompt_ids());
-        let rendered_messages = template_messages(tpl, &Hermes, &messages, &t.tools);
-        let tools: Vec<serde_json::Value> = t.tools.iter().map(|s| s.to_openai()).collect();
-        let render = tpl
-            .render(
-                &rendered_messages,
-                tpl.supports_tools().then_some(tools.as_slice()),
-                true,
-            )
-            .unwrap();
-        assert_eq!(tok.decode(&segment).unwrap(), render);
-        segment.extend_from_slice(record.sampled_ids());
-        // The sampled ids are the assistant's text and the end-of-turn token.
-        let sampled = tok.decode(record.sampled_ids()).unwrap();
-        assert!(sampled.starts_with(&turn.action.content), "{sampled:?}");
-        messages.push(turn.action.clone());
-        messages.extend(turn.observations.iter().cloned());
-    }
-    // Masks cover exactly the sampled tokens.
+    let tito = Tito {
+        tokenizer: tok,
+        template: tpl,
+        format: &Hermes,
+    };
+    let check = tito.check(t).unwrap();
+    assert!(check.is_exact(), "{check:?}");
+    assert_eq!(check.turns, t.turns.len());
     let sampled: usize = t
         .turns
         .iter()
         .map(|x| x.tokens.as_ref().unwrap().sampled_ids().len())
         .sum();
+    assert_eq!(check.sampled, sampled);
     let masked: usize = t
         .sequences()
         .unwrap()

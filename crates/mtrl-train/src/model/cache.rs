@@ -133,6 +133,17 @@ impl KvCache {
         Ok(())
     }
 
+    /// Applies `f` to the keys and the values of every filled layer.
+    fn map_layers(
+        &self,
+        f: impl Fn(&Tensor) -> Result<Tensor, Error>,
+    ) -> Result<Vec<Option<(Tensor, Tensor)>>, Error> {
+        self.layers
+            .iter()
+            .map(|l| l.as_ref().map(|(k, v)| Ok((f(k)?, f(v)?))).transpose())
+            .collect()
+    }
+
     /// The cache of some rows, in the given order, keeping the batch's padding.
     ///
     /// # Errors
@@ -151,20 +162,7 @@ impl KvCache {
             rows.len(),
             first.0.device(),
         )?;
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.as_ref()
-                    .map(|(k, v)| -> Result<(Tensor, Tensor), Error> {
-                        Ok((
-                            k.contiguous()?.index_select(&idx, 0)?,
-                            v.contiguous()?.index_select(&idx, 0)?,
-                        ))
-                    })
-                    .transpose()
-            })
-            .collect::<Result<_, _>>()?;
+        let layers = self.map_layers(|t| Ok(t.contiguous()?.index_select(&idx, 0)?))?;
         // Padding no row needs any more is dropped.
         let pad: Vec<usize> = rows.iter().map(|r| self.pad[*r]).collect();
         let mut out = KvCache {
@@ -209,17 +207,7 @@ impl KvCache {
                 self.len
             )));
         }
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.as_ref()
-                    .map(|(k, v)| -> Result<(Tensor, Tensor), Error> {
-                        Ok((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?))
-                    })
-                    .transpose()
-            })
-            .collect::<Result<_, _>>()?;
+        let layers = self.map_layers(|t| Ok(t.narrow(2, 0, len)?))?;
         Ok(KvCache {
             layers,
             pad: vec![0],
@@ -234,20 +222,8 @@ impl KvCache {
     /// A candle error.
     pub fn row(&self, row: usize) -> Result<KvCache, Error> {
         let (p, n) = (self.pad[row], self.row_len(row));
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.as_ref()
-                    .map(|(k, v)| -> Result<(Tensor, Tensor), Error> {
-                        Ok((
-                            k.narrow(0, row, 1)?.narrow(2, p, n)?.contiguous()?,
-                            v.narrow(0, row, 1)?.narrow(2, p, n)?.contiguous()?,
-                        ))
-                    })
-                    .transpose()
-            })
-            .collect::<Result<_, _>>()?;
+        let layers =
+            self.map_layers(|t| Ok(t.narrow(0, row, 1)?.narrow(2, p, n)?.contiguous()?))?;
         Ok(KvCache {
             layers,
             pad: vec![0],
