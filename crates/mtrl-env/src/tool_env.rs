@@ -434,23 +434,32 @@ impl<S: Send + 'static> ToolEnvironment<S> {
         if self.episode.is_none() {
             return Err(mtrl_core::Error::environment("step called before reset"));
         }
-        if action.tool_calls.is_empty() {
-            return Ok(Step::done(Vec::new()));
-        }
-        let mut messages = Vec::with_capacity(action.tool_calls.len());
-        let mut results = Vec::with_capacity(action.tool_calls.len());
-        for call in &action.tool_calls {
-            let output = self.call_tool(call)?;
-            results.push(ToolResult {
-                call_id: call.id.clone(),
-                tool: call.name.clone(),
-                ok: !output.is_error,
-                error: output.error_kind,
-            });
-            messages.push(Message::tool(&call.id, &call.name, output.text));
-        }
-        Ok(Step::next(messages).with_tool_results(&results))
+        answer_calls(action, |call| self.call_tool(call))
     }
+}
+
+/// Answers an assistant message call by call with `call`: one tool message and one
+/// [`ToolResult`] per call, in order. A message without calls ends the episode.
+pub(crate) fn answer_calls(
+    action: &Message,
+    mut call: impl FnMut(&ToolCall) -> mtrl_core::Result<ToolOutput>,
+) -> mtrl_core::Result<Step> {
+    if action.tool_calls.is_empty() {
+        return Ok(Step::done(Vec::new()));
+    }
+    let mut messages = Vec::with_capacity(action.tool_calls.len());
+    let mut results = Vec::with_capacity(action.tool_calls.len());
+    for c in &action.tool_calls {
+        let output = call(c)?;
+        results.push(ToolResult {
+            call_id: c.id.clone(),
+            tool: c.name.clone(),
+            ok: !output.is_error,
+            error: output.error_kind,
+        });
+        messages.push(Message::tool(&c.id, &c.name, output.text));
+    }
+    Ok(Step::next(messages).with_tool_results(&results))
 }
 
 fn invalid_json(tool: &str, e: &serde_json::Error) -> ToolOutput {

@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use mtrl_core::{
-    Environment, EnvironmentFactory, Episode, Message, Reset, Step, Task, ToolResult, ToolSpec,
-};
+use mtrl_core::{Environment, EnvironmentFactory, Episode, Message, Reset, Step, Task, ToolSpec};
 
 use super::{Domain, prompt_messages};
 use crate::bindings::{BindingTool, Py, WireStyle};
@@ -110,21 +108,9 @@ impl Environment for ParityEnvironment {
     }
 
     async fn step(&mut self, action: &Message) -> mtrl_core::Result<Step> {
-        if action.tool_calls.is_empty() {
-            return Ok(Step::done(Vec::new()));
-        }
-        let mut messages = Vec::new();
-        let mut results = Vec::new();
-        for call in &action.tool_calls {
-            let out = self.call_raw(&call.name, &call.arguments);
-            results.push(ToolResult {
-                call_id: call.id.clone(),
-                tool: call.name.clone(),
-                ok: !out.is_error,
-                error: out.error_kind,
-            });
-            messages.push(Message::tool(&call.id, &call.name, out.text));
-        }
-        Ok(Step::next(messages).with_tool_results(&results))
+        crate::tool_env::answer_calls(
+            action,
+            |call| Ok(self.call_raw(&call.name, &call.arguments)),
+        )
     }
 }
