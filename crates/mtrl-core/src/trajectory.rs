@@ -382,7 +382,7 @@ impl Turn {
     /// [`TOOL_RESULTS_KEY`] in the step's `info`. `None` when it reported nothing readable.
     pub fn tool_results(&self) -> Option<Vec<ToolResult>> {
         let value = self.info.get(TOOL_RESULTS_KEY)?;
-        serde_json::from_value(value.clone()).ok()
+        Vec::<ToolResult>::deserialize(value).ok()
     }
 }
 

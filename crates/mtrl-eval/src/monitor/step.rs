@@ -177,21 +177,31 @@ impl StepMetrics {
             frac(&|r| r.trajectory.stop.is_failure()),
         );
 
+        // Each episode's tool outcomes, read once from its steps.
+        let outcomes: Vec<mtrl_core::ToolOutcomes> = rollouts
+            .iter()
+            .map(|r| r.trajectory.tool_outcomes())
+            .collect();
         let mut tools = mtrl_core::ToolOutcomes::default();
-        for r in rollouts {
-            tools += r.trajectory.tool_outcomes();
+        for o in &outcomes {
+            tools += *o;
         }
         self.set(names::TOOL_CALLS_MEAN, tools.calls as f64 / n);
         if let Some(acc) = tools.accuracy() {
             self.set(names::TOOL_ERROR_FRAC, 1.0 - acc);
         }
-        self.set(
-            names::ANSWER_NO_TOOL_FRAC,
-            frac(&|r| answered(r.trajectory) && r.trajectory.tool_outcomes().ok == 0),
-        );
+        let answered_with = |pred: &dyn Fn(&ScoredRollout<'_>, usize) -> bool| {
+            rollouts
+                .iter()
+                .zip(&outcomes)
+                .filter(|(r, o)| answered(r.trajectory) && pred(r, o.ok))
+                .count() as f64
+                / n
+        };
+        self.set(names::ANSWER_NO_TOOL_FRAC, answered_with(&|_, ok| ok == 0));
         self.set(
             names::ANSWER_EARLY_FRAC,
-            frac(&|r| usual.is_early(r.trajectory)),
+            answered_with(&|r, ok| usual.below_usual(&r.trajectory.task_id, ok)),
         );
 
         let mut groups: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
@@ -327,11 +337,11 @@ impl UsualToolUse {
 
     /// Whether `trajectory` answered with fewer successful tool calls than usual.
     pub fn is_early(&self, trajectory: &Trajectory) -> bool {
-        if !answered(trajectory) {
-            return false;
-        }
-        let ok = trajectory.tool_outcomes().ok as f64;
-        let usual = self.usual(&trajectory.task_id).unwrap_or(1.0);
-        ok < usual
+        answered(trajectory) && self.below_usual(&trajectory.task_id, trajectory.tool_outcomes().ok)
+    }
+
+    /// Whether `ok` successful calls are fewer than usual for the task (1 without a baseline).
+    fn below_usual(&self, task_id: &str, ok: usize) -> bool {
+        (ok as f64) < self.usual(task_id).unwrap_or(1.0)
     }
 }
