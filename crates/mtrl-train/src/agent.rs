@@ -39,16 +39,13 @@ pub struct CandleAgent {
 impl CandleAgent {
     /// An agent over a loaded model, with its own generation engine.
     pub fn new(loaded: LoadedModel, params: SamplingParams, engine: EngineConfig) -> Self {
-        let window = loaded.model.config().max_position_embeddings;
-        let model = Arc::new(loaded.model);
-        Self {
-            generator: Generator::start(model, engine),
-            tokenizer: Arc::new(loaded.tokenizer),
-            template: Arc::new(loaded.template),
-            format: Arc::new(Hermes),
+        Self::with_parts(
+            Arc::new(loaded.model),
+            Arc::new(loaded.tokenizer),
+            Arc::new(loaded.template),
             params,
-            window,
-        }
+            engine,
+        )
     }
 
     /// An agent over a shared model (for example the trainer's), tokenizer and template.
@@ -89,17 +86,23 @@ impl CandleAgent {
         &self.tokenizer
     }
 
+    /// The token bookkeeping this agent uses (for example to check finished trajectories with
+    /// [`Tito::check`]).
+    pub fn tito(&self) -> Tito<'_> {
+        Tito {
+            tokenizer: &self.tokenizer,
+            template: &self.template,
+            format: self.format.as_ref(),
+        }
+    }
+
     /// The generation engine.
     pub fn generator(&self) -> &Generator {
         &self.generator
     }
 
     async fn act_inner(&self, ctx: &TurnContext<'_>) -> Result<Action, Error> {
-        let tito = Tito {
-            tokenizer: &self.tokenizer,
-            template: &self.template,
-            format: self.format.as_ref(),
-        };
+        let tito = self.tito();
         let prompt = tito.prompt(ctx)?;
         let budget = ctx.budget.turn_tokens.unwrap_or(usize::MAX);
         let max_tokens = self.params.max_tokens.min(budget);
@@ -333,16 +336,22 @@ pub struct ScriptedTokenAgent {
     template: Arc<ChatTemplate>,
     format: Arc<dyn ToolCallFormat>,
     turns: Vec<String>,
+    /// The token that ends each scripted turn.
+    end_of_turn: Option<u32>,
 }
 
 impl ScriptedTokenAgent {
     /// Replays `turns`, one per assistant turn (the last repeats).
     pub fn new(tokenizer: Arc<Tokenizer>, template: Arc<ChatTemplate>, turns: Vec<String>) -> Self {
+        let end_of_turn = template
+            .end_of_turn(&tokenizer)
+            .or_else(|| tokenizer.stop_ids().first().copied());
         Self {
             tokenizer,
             template,
             format: Arc::new(Hermes),
             turns,
+            end_of_turn,
         }
     }
 }
@@ -364,13 +373,7 @@ impl Agent for ScriptedTokenAgent {
                 .cloned()
                 .unwrap_or_default();
             let mut ids = self.tokenizer.encode(&text)?;
-            if let Some(stop) = self
-                .template
-                .end_of_turn(&self.tokenizer)
-                .or_else(|| self.tokenizer.stop_ids().first().copied())
-            {
-                ids.push(stop);
-            }
+            ids.extend(self.end_of_turn);
             let logprobs = vec![0.0; ids.len()];
             tito.action(ctx, prompt, ids, logprobs, None, Finish::Stop)
         };

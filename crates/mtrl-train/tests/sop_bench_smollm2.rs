@@ -8,8 +8,7 @@ use mtrl_env::sop_bench::{Domain, InputPolicy, Mode, Source};
 use mtrl_train::engine::EngineConfig;
 use mtrl_train::model::ModelSource;
 use mtrl_train::sampler::SamplingParams;
-use mtrl_train::toolcall::Hermes;
-use mtrl_train::{CandleAgent, Tito, drift};
+use mtrl_train::{CandleAgent, drift};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smollm2_rolls_out_customer_service_tasks_with_exact_token_records() {
@@ -75,14 +74,8 @@ async fn smollm2_rolls_out_customer_service_tasks_with_exact_token_records() {
             }
         }
     }
-    // Rebuild the bookkeeping the agent used, to check the records against the conversation.
-    let path = mtrl_train::assets::smollm2_gguf().unwrap();
-    let loaded = ModelSource::Gguf(path).load(&Device::Cpu).unwrap();
-    let tito = Tito {
-        tokenizer: &loaded.tokenizer,
-        template: &loaded.template,
-        format: &Hermes,
-    };
+    // The bookkeeping the agent used checks the records against the conversation.
+    let tito = agent.tito();
     for t in groups.iter().flatten() {
         let check = tito.check(t).unwrap();
         assert!(check.is_exact(), "{}: {check:?}", t.task_id);

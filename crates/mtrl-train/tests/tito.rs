@@ -141,6 +141,17 @@ fn check_prompts(tok: &Tokenizer, tpl: &ChatTemplate, t: &Trajectory) {
     assert_eq!(sampled, masked);
 }
 
+/// Checks a replayed conversation: the turns that start segments, the records against the
+/// conversation, zero drift in every segment. Returns the first turn's prompt, decoded.
+fn verify(tok: &Tokenizer, tpl: &ChatTemplate, t: &Trajectory, starts: &[usize]) -> String {
+    assert_eq!(segment_starts(t), starts);
+    check_prompts(tok, tpl, t);
+    let d = drift(tok, t).unwrap();
+    assert_eq!((d.segments, d.mismatched), (starts.len(), 0), "{d:?}");
+    tok.decode(t.turns[0].tokens.as_ref().unwrap().prompt_ids())
+        .unwrap()
+}
+
 const CALL: &str = "I will look it up.\n<tool_call>\n{\"name\": \"lookup\", \"arguments\": {\"id\": \"A-7\"}}\n</tool_call>";
 const ANSWER: &str = "<final_output>{\"status\": \"shipped\"}</final_output>";
 
@@ -156,14 +167,9 @@ async fn smollm2_chatml_is_append_only_with_zero_drift() {
     assert_eq!(t.turns.len(), 3);
     assert_eq!(t.turns[0].action.tool_calls.len(), 1);
     assert_eq!(t.turns[0].action.tool_calls[0].name, "lookup");
-    assert_eq!(segment_starts(&t), [0], "ChatML only appends");
-    check_prompts(&tok, &tpl, &t);
-    let d = drift(&tok, &t).unwrap();
-    assert_eq!((d.segments, d.mismatched), (1, 0), "{d:?}");
+    // ChatML only appends.
+    let first = verify(&tok, &tpl, &t, &[0]);
     // The standard tools section went into the system message.
-    let first = tok
-        .decode(t.turns[0].tokens.as_ref().unwrap().prompt_ids())
-        .unwrap();
     assert!(first.starts_with("<|im_start|>system\nYou are a careful clerk."));
     assert!(
         first.contains("<tools>\n{") && first.contains("\"name\":\"lookup\""),
@@ -180,13 +186,7 @@ async fn qwen3_renders_tools_and_a_dropped_reasoning_starts_a_segment() {
     let t = replay(&tok, &tpl, &[&think_call, &think_answer, &think_answer]).await;
     // Turn 2 follows a new user message: the template drops turn 0's and 1's reasoning, so
     // the render no longer extends the stored text.
-    assert_eq!(segment_starts(&t), [0, 2]);
-    check_prompts(&tok, &tpl, &t);
-    let d = drift(&tok, &t).unwrap();
-    assert_eq!((d.segments, d.mismatched), (2, 0), "{d:?}");
-    let first = tok
-        .decode(t.turns[0].tokens.as_ref().unwrap().prompt_ids())
-        .unwrap();
+    let first = verify(&tok, &tpl, &t, &[0, 2]);
     assert!(
         first.contains("# Tools") && first.contains("<tools>"),
         "{first}"
@@ -206,13 +206,7 @@ async fn llama3_trimming_starts_a_segment() {
     // The second turn ends with whitespace, which the template trims away.
     let padded = format!("{ANSWER}\n\n");
     let t = replay(&tok, &tpl, &[CALL, &padded, ANSWER]).await;
-    assert_eq!(segment_starts(&t), [0, 2]);
-    check_prompts(&tok, &tpl, &t);
-    let d = drift(&tok, &t).unwrap();
-    assert_eq!((d.segments, d.mismatched), (2, 0), "{d:?}");
-    let first = tok
-        .decode(t.turns[0].tokens.as_ref().unwrap().prompt_ids())
-        .unwrap();
+    let first = verify(&tok, &tpl, &t, &[0, 2]);
     assert!(first.starts_with("<|begin_of_text|><|start_header_id|>system<|end_header_id|>"));
 }
 
