@@ -5,7 +5,8 @@
 //! `cargo run --release -p mtrl-train --example bench_policy [out.json] [--random]`
 //! (CUDA: build with `--features cuda`; the GPU is used when one is found.) `--random` uses
 //! random weights of SmolLM2-135M's shape instead of the GGUF, for machines without the file;
-//! the timings do not depend on the weights' values.
+//! the timings do not depend on the weights' values. `--decode-only` stops after the decode
+//! figures. Set `RAYON_NUM_THREADS` (see the README): the figures depend on it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -92,6 +93,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let b1 = t1 as f64 / s1;
     let b8 = t8 as f64 / s8;
+    if args.iter().any(|a| a == "--decode-only") {
+        let figures = json!({
+            "rayon_num_threads": std::env::var("RAYON_NUM_THREADS").ok(),
+            "decode_batch1_tok_s": b1,
+            "decode_batch8_tok_s": b8,
+            "batch8_over_batch1": b8 / b1,
+        });
+        println!("{figures}");
+        return Ok(());
+    }
 
     // Prefill: one group of 8 sharing a 2,000-token prompt, against 8 different prompts.
     let long: Vec<u32> = (0..2000u32)
@@ -111,6 +122,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let figures = json!({
         "device": format!("{device:?}"),
+        "rayon_num_threads": std::env::var("RAYON_NUM_THREADS").ok(),
         "model": if random { "random weights, SmolLM2-135M shape, f32" } else { "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to f32)" },
         "decode_batch1_tok_s": b1,
         "decode_batch8_tok_s": b8,

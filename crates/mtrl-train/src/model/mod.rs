@@ -12,6 +12,7 @@
 mod cache;
 mod config;
 mod load;
+mod skinny;
 mod weights;
 
 use candle_core::{D, DType, Device, Tensor};
@@ -169,7 +170,7 @@ impl CausalLm {
             c.advance(t);
         }
         let x = self.norm(path, &x, &w.norm)?;
-        let logits = x.reshape((b * t, h))?.matmul(&w.lm_head.t()?)?;
+        let logits = project(path, &x.reshape((b * t, h))?, &w.lm_head)?;
         Ok(logits.reshape((b, t, self.config.vocab_size))?)
     }
 
@@ -190,7 +191,7 @@ impl CausalLm {
         let rep = nh / kvh;
         let hn = self.norm(path, x, &w.attn_norm)?.reshape((b * t, h))?;
         let proj = |wt: &Tensor, bias: &Option<Tensor>, heads: usize| -> Result<Tensor, Error> {
-            let mut y = hn.matmul(&wt.t()?)?;
+            let mut y = project(path, &hn, wt)?;
             if let Some(bias) = bias {
                 y = y.broadcast_add(bias)?;
             }
@@ -232,11 +233,11 @@ impl CausalLm {
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b * t, nh * hd))?;
-        let x = (x + attn.matmul(&w.o.t()?)?.reshape((b, t, h))?)?;
+        let x = (x + project(path, &attn, &w.o)?.reshape((b, t, h))?)?;
         let hn = self.norm(path, &x, &w.mlp_norm)?.reshape((b * t, h))?;
-        let gate = hn.matmul(&w.gate.t()?)?.silu()?;
-        let up = hn.matmul(&w.up.t()?)?;
-        let mlp = (gate * up)?.matmul(&w.down.t()?)?.reshape((b, t, h))?;
+        let gate = project(path, &hn, &w.gate)?.silu()?;
+        let up = project(path, &hn, &w.up)?;
+        let mlp = project(path, &(gate * up)?, &w.down)?.reshape((b, t, h))?;
         Ok((x + mlp)?)
     }
 
@@ -267,6 +268,17 @@ impl CausalLm {
             }
         })
     }
+}
+
+/// `x [rows, in] · wᵀ` for a weight `w [out, in]`. Decoding a few rows on the CPU goes through
+/// the skinny kernel ([`skinny`]); everything else through candle's matmul.
+fn project(path: Path, x: &Tensor, w: &Tensor) -> Result<Tensor, Error> {
+    if path == Path::Infer {
+        if let Some(y) = skinny::matmul_t(x, w)? {
+            return Ok(y);
+        }
+    }
+    Ok(x.matmul(&w.t()?)?)
 }
 
 /// The additive attention mask `[batch, t, start + t]`: a query at slot `start + j` of row `r`

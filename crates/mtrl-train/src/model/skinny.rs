@@ -1,0 +1,252 @@
+//! A CPU kernel for the projections of batched decoding: `x · Wᵀ` with a few rows of `x`.
+//!
+//! At decode time each projection multiplies a handful of rows (one per episode) by a weight
+//! matrix that does not fit in cache. The general gemm packs the weight panels first, which at
+//! 2–16 rows costs as much as the product itself. This kernel streams each weight row once and
+//! takes its dot product with every row of `x` (held in L1, interleaved by SIMD lane), split over
+//! the rayon pool by blocks of weight rows. SIMD width comes from runtime dispatch (`pulp`: AVX2,
+//! AVX-512, NEON or scalar), without `unsafe`.
+//!
+//! Only the inference path uses it; the differentiable path keeps candle's matmul.
+
+use candle_core::{DType, Device, Storage, Tensor};
+use pulp::{Simd, WithSimd};
+use rayon::prelude::*;
+
+use crate::Error;
+
+/// The most rows of `x` this kernel takes; above it the general gemm is efficient.
+pub(crate) const MAX_ROWS: usize = 16;
+/// The fewest: one row is a matrix-vector product, which candle's gemm does well.
+pub(crate) const MIN_ROWS: usize = 2;
+/// Weight rows per parallel task: about four tasks per thread, a multiple of every `R` below,
+/// at least 16 and at most 256 rows.
+fn block_rows(n: usize) -> usize {
+    let per = n.div_ceil(4 * rayon::current_num_threads().max(1));
+    per.next_multiple_of(4).clamp(16, 256)
+}
+
+/// `x [m, k] · wᵀ` for `w [n, k]`, when the kernel applies: f32 on the CPU, `MIN_ROWS ≤ m ≤
+/// MAX_ROWS`, and `w` contiguous. `None` otherwise, for the caller to use `matmul`.
+pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>, Error> {
+    if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 || w.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let (m, k) = x.dims2()?;
+    let (n, kw) = w.dims2()?;
+    if !(MIN_ROWS..=MAX_ROWS).contains(&m) || k != kw || k == 0 {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = w.storage_and_layout();
+    let (Storage::Cpu(xs), Storage::Cpu(ws)) = (&*xs, &*ws) else {
+        return Ok(None);
+    };
+    let (Some((x0, x1)), Some((w0, w1))) = (xl.contiguous_offsets(), wl.contiguous_offsets())
+    else {
+        return Ok(None);
+    };
+    let xv = &xs.as_slice::<f32>()?[x0..x1];
+    let wv = &ws.as_slice::<f32>()?[w0..w1];
+    // Each block writes its outputs transposed, `[rows of w][m]`, contiguous per block.
+    let mut yt = vec![0f32; n * m];
+    let block = block_rows(n);
+    yt.par_chunks_mut(block * m)
+        .zip(wv.par_chunks(block * k))
+        .for_each(|(y, w)| {
+            pulp::Arch::new().dispatch(Block { x: xv, w, y, m, k });
+        });
+    let mut y = vec![0f32; m * n];
+    for (j, col) in yt.chunks_exact(m).enumerate() {
+        for (r, v) in col.iter().enumerate() {
+            y[r * n + j] = *v;
+        }
+    }
+    Ok(Some(Tensor::from_vec(y, (m, n), x.device())?))
+}
+
+/// One block of weight rows against all rows of `x`.
+struct Block<'a> {
+    x: &'a [f32],
+    w: &'a [f32],
+    y: &'a mut [f32],
+    m: usize,
+    k: usize,
+}
+
+impl WithSimd for Block<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let Block { x, w, y, m, k } = self;
+        let lanes = size_of::<S::f32s>() / size_of::<f32>();
+        let body = k - k % lanes;
+        // Rows of x in groups of 8, 4, 2 and 1, each through a kernel with that many
+        // accumulators per weight row.
+        let mut r0 = 0;
+        while r0 < m {
+            let rows = match m - r0 {
+                8.. => 8,
+                4..=7 => 4,
+                2..=3 => 2,
+                _ => 1,
+            };
+            let xr = &x[r0 * k..(r0 + rows) * k];
+            let xi = interleave(xr, rows, k, body, lanes);
+            let out = Out { y: &mut *y, m, r0 };
+            match rows {
+                8 => rows_kernel::<S, 8, 1>(simd, &xi, xr, w, k, body, out),
+                4 => rows_kernel::<S, 4, 2>(simd, &xi, xr, w, k, body, out),
+                2 => rows_kernel::<S, 2, 4>(simd, &xi, xr, w, k, body, out),
+                _ => rows_kernel::<S, 1, 4>(simd, &xi, xr, w, k, body, out),
+            }
+            r0 += rows;
+        }
+    }
+}
+
+/// Where a kernel writes: `y[j * m + r0 + r]` for weight row `j` and row `r` of its group.
+struct Out<'a> {
+    y: &'a mut [f32],
+    m: usize,
+    r0: usize,
+}
+
+/// `rows` rows of x, `[rows, k]`, interleaved by SIMD chunk: chunk `c` holds lanes
+/// `c*L .. (c+1)*L` of row 0, then of row 1, and so on. Only the first `body` columns.
+#[inline(always)]
+fn interleave(x: &[f32], rows: usize, k: usize, body: usize, lanes: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * body);
+    for c in (0..body).step_by(lanes) {
+        for r in 0..rows {
+            out.extend_from_slice(&x[r * k + c..r * k + c + lanes]);
+        }
+    }
+    out
+}
+
+/// `M` rows of x against the weight rows `R` at a time (`M × R` accumulators).
+#[inline(always)]
+fn rows_kernel<S: Simd, const M: usize, const R: usize>(
+    simd: S,
+    xi: &[f32],
+    x: &[f32],
+    w: &[f32],
+    k: usize,
+    body: usize,
+    out: Out<'_>,
+) {
+    let (xs, _) = S::as_simd_f32s(xi);
+    // `chunks_exact(M)` yields slices of exactly M vectors: the conversion cannot fail.
+    let chunks: Vec<&[S::f32s; M]> = xs
+        .chunks_exact(M)
+        .filter_map(|c| <&[S::f32s; M]>::try_from(c).ok())
+        .collect();
+    let n = w.len() / k;
+    let tail = |acc: &mut [f32; M], j: usize| {
+        for (r, a) in acc.iter_mut().enumerate() {
+            for c in body..k {
+                *a += x[r * k + c] * w[j * k + c];
+            }
+        }
+    };
+    let mut j = 0;
+    while j < n {
+        let take = if j + R <= n { R } else { 1 };
+        let mut acc = [[simd.splat_f32s(0.0); M]; R];
+        if take == R {
+            let wr: [&[S::f32s]; R] =
+                core::array::from_fn(|i| S::as_simd_f32s(&w[(j + i) * k..(j + i) * k + body]).0);
+            for (c, xc) in chunks.iter().copied().enumerate() {
+                for i in 0..R {
+                    let wv = wr[i][c];
+                    for r in 0..M {
+                        acc[i][r] = simd.mul_add_e_f32s(xc[r], wv, acc[i][r]);
+                    }
+                }
+            }
+        } else {
+            let wr = S::as_simd_f32s(&w[j * k..j * k + body]).0;
+            for (xc, wv) in chunks.iter().copied().zip(wr) {
+                for r in 0..M {
+                    acc[0][r] = simd.mul_add_e_f32s(xc[r], *wv, acc[0][r]);
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate().take(take) {
+            let mut sums = [0f32; M];
+            for r in 0..M {
+                sums[r] = simd.reduce_sum_f32s(acc[r]);
+            }
+            tail(&mut sums, j + i);
+            let row = (j + i) * out.m + out.r0;
+            out.y[row..row + M].copy_from_slice(&sums);
+        }
+        j += take;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(m: usize, k: usize, n: usize) {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+        let got = matmul_t(&x, &w).unwrap();
+        let want = x.matmul(&w.t().unwrap()).unwrap();
+        let Some(got) = got else {
+            assert!(
+                !(MIN_ROWS..=MAX_ROWS).contains(&m),
+                "m={m} should use the kernel"
+            );
+            return;
+        };
+        let diff = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-3 * (k as f32).sqrt(), "m={m} k={k} n={n}: {diff}");
+    }
+
+    #[test]
+    fn agrees_with_matmul_for_every_row_count_and_ragged_shapes() {
+        for m in 1..=MAX_ROWS + 1 {
+            check(m, 64, 130);
+        }
+        // k not a multiple of any SIMD width, n not a multiple of the block or of R.
+        for (k, n) in [(37, 3), (576, 193), (100, 1), (16, 65)] {
+            for m in [2, 3, 5, 8, 13] {
+                check(m, k, n);
+            }
+        }
+    }
+
+    #[test]
+    fn declines_what_it_does_not_handle() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((4, 8), DType::F64, &dev).unwrap();
+        let w = Tensor::zeros((3, 8), DType::F64, &dev).unwrap();
+        assert!(matmul_t(&x, &w).unwrap().is_none());
+        let x = Tensor::zeros((4, 8), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((8, 3), DType::F32, &dev)
+            .unwrap()
+            .t()
+            .unwrap();
+        assert!(matmul_t(&x, &w).unwrap().is_none(), "non-contiguous w");
+        let w = Tensor::zeros((3, 9), DType::F32, &dev).unwrap();
+        assert!(matmul_t(&x, &w).unwrap().is_none(), "k differs");
+        let x = Tensor::zeros((1, 8), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((3, 8), DType::F32, &dev).unwrap();
+        assert!(matmul_t(&x, &w).unwrap().is_none(), "one row");
+    }
+}
