@@ -25,6 +25,7 @@ pub mod assets;
 pub mod chat;
 pub mod engine;
 pub mod model;
+pub mod rl;
 pub mod sampler;
 pub mod tokenizer;
 pub mod toolcall;

@@ -12,14 +12,17 @@
 mod cache;
 mod config;
 mod load;
+mod lora;
 mod skinny;
 mod weights;
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{D, DType, Device, Tensor, Var};
 
 pub use cache::KvCache;
 pub use config::{Architecture, ModelConfig};
 pub use load::{LoadedModel, ModelSource};
+use lora::Adapter;
+pub use lora::{Lora, LoraConfig, Module, peft_name};
 pub use weights::Params;
 use weights::{Layer, Weights};
 
@@ -36,6 +39,7 @@ enum Path {
 pub struct CausalLm {
     config: ModelConfig,
     params: Params,
+    lora: Option<Lora>,
     train: Weights,
     infer: Weights,
     /// RoPE tables, `[max_positions, head_dim / 2]`.
@@ -52,8 +56,8 @@ impl CausalLm {
     pub fn new(config: ModelConfig, params: Params, device: &Device) -> Result<Self, Error> {
         config.validate()?;
         params.check(&config)?;
-        let train = Weights::new(&params, &config, false)?;
-        let infer = Weights::new(&params, &config, true)?;
+        let train = Weights::new(&params, &config, false, None)?;
+        let infer = Weights::new(&params, &config, true, None)?;
         let half = config.head_dim / 2;
         let inv: Vec<f32> = (0..half)
             .map(|i| {
@@ -73,6 +77,7 @@ impl CausalLm {
             sin: freqs.sin()?,
             config,
             params,
+            lora: None,
             train,
             infer,
             device: device.clone(),
@@ -87,6 +92,65 @@ impl CausalLm {
     /// The parameters (for an optimiser).
     pub fn params(&self) -> &Params {
         &self.params
+    }
+
+    /// The model with LoRA adapters on top of its (then frozen) weights; both forward paths
+    /// apply them.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the model already has adapters, or a candle error.
+    pub fn with_lora(mut self, lora: Lora) -> Result<Self, Error> {
+        if self.lora.is_some() {
+            return Err(Error::Config("the model already has LoRA adapters".into()));
+        }
+        self.train = Weights::new(&self.params, &self.config, false, Some(&lora))?;
+        self.infer = Weights::new(&self.params, &self.config, true, Some(&lora))?;
+        self.lora = Some(lora);
+        Ok(self)
+    }
+
+    /// The LoRA adapters, if any.
+    pub fn lora(&self) -> Option<&Lora> {
+        self.lora.as_ref()
+    }
+
+    /// What an optimiser updates, by name: the adapters under their PEFT names when the model
+    /// has LoRA, else every parameter under its Hugging Face name.
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        match &self.lora {
+            Some(lora) => lora
+                .named_vars()
+                .into_iter()
+                .map(|(n, v)| (n, v.clone()))
+                .collect(),
+            None => self
+                .params
+                .vars()
+                .map(|(n, v)| (n.to_string(), v.clone()))
+                .collect(),
+        }
+    }
+
+    /// A copy of the model with its adapters merged into the weights (`W + scale · B·A`) and no
+    /// adapters left.
+    ///
+    /// # Errors
+    /// A candle error.
+    pub fn merged(&self) -> Result<CausalLm, Error> {
+        let mut tensors = Vec::new();
+        for (name, var) in self.params.vars() {
+            let mut t = var.as_tensor().copy()?;
+            if let Some(lora) = &self.lora {
+                if let Some((l, m)) = parse_projection(name) {
+                    if let Some(delta) = lora.delta(l, m)? {
+                        t = (t + delta)?;
+                    }
+                }
+            }
+            tensors.push((name.to_string(), t));
+        }
+        let params = Params::from_tensors(tensors, &self.device)?;
+        CausalLm::new(self.config.clone(), params, &self.device)
     }
 
     /// The device the weights live on.
@@ -140,7 +204,8 @@ impl CausalLm {
         Ok(out)
     }
 
-    fn forward(
+    /// The final hidden states `[batch, time, hidden]` (after the last norm).
+    fn hidden(
         &self,
         path: Path,
         ids: &Tensor,
@@ -148,10 +213,7 @@ impl CausalLm {
         mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor, Error> {
-        let w = match path {
-            Path::Train => &self.train,
-            Path::Infer => &self.infer,
-        };
+        let w = self.weights(path);
         let (b, t) = ids.dims2()?;
         let h = self.config.hidden_size;
         let mut x = w
@@ -169,9 +231,78 @@ impl CausalLm {
         if let Some(c) = cache {
             c.advance(t);
         }
-        let x = self.norm(path, &x, &w.norm)?;
-        let logits = project(path, &x.reshape((b * t, h))?, &w.lm_head)?;
+        self.norm(path, &x, &w.norm)
+    }
+
+    fn forward(
+        &self,
+        path: Path,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor, Error> {
+        let (b, t) = ids.dims2()?;
+        let x = self.hidden(path, ids, positions, mask, cache)?;
+        let w = self.weights(path);
+        let logits = project(
+            path,
+            &x.reshape((b * t, self.config.hidden_size))?,
+            &w.lm_head,
+            None,
+        )?;
         Ok(logits.reshape((b, t, self.config.vocab_size))?)
+    }
+
+    fn weights(&self, path: Path) -> &Weights {
+        match path {
+            Path::Train => &self.train,
+            Path::Infer => &self.infer,
+        }
+    }
+
+    /// Differentiable log-probabilities of chosen next tokens, and the (detached) entropy of
+    /// the distribution at each: for every `(row, position)` in `at`, the logprob that the
+    /// model, having read `ids[row][..=position]`, gives to `ids[row][position + 1]`.
+    /// Only those positions go through the output layer, so long prompts cost no
+    /// `[time, vocab]` logits.
+    ///
+    /// # Errors
+    /// [`Error::Weights`] for a position without a next token, or a candle error.
+    pub fn next_token_logprobs(
+        &self,
+        ids: &Tensor,
+        at: &[(usize, usize)],
+    ) -> Result<(Tensor, Tensor), Error> {
+        let (b, t) = ids.dims2()?;
+        let h = self.config.hidden_size;
+        let flat_ids = ids.flatten_all()?.to_vec1::<u32>()?;
+        let mut rows = Vec::with_capacity(at.len());
+        let mut targets = Vec::with_capacity(at.len());
+        for &(r, p) in at {
+            if r >= b || p + 1 >= t {
+                return Err(Error::Weights(format!(
+                    "position ({r}, {p}) has no next token in a [{b}, {t}] batch"
+                )));
+            }
+            rows.push((r * t + p) as u32);
+            targets.push(flat_ids[r * t + p + 1]);
+        }
+        let positions = Tensor::arange(0u32, t as u32, &self.device)?
+            .unsqueeze(0)?
+            .repeat((b, 1))?;
+        let mask = causal_mask(b, t, 0, &vec![0; b], &self.device)?;
+        let x = self.hidden(Path::Train, ids, &positions, mask.as_ref(), None)?;
+        let n = at.len();
+        let rows = Tensor::from_vec(rows, n, &self.device)?;
+        let picked = x.reshape((b * t, h))?.index_select(&rows, 0)?;
+        let logits = project(Path::Train, &picked, &self.train.lm_head, None)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let targets = Tensor::from_vec(targets, (n, 1), &self.device)?;
+        let chosen = logp.gather(&targets, 1)?.squeeze(1)?;
+        let lp = logp.detach();
+        let entropy = (lp.exp()? * &lp)?.sum(1)?.neg()?;
+        Ok((chosen, entropy))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -190,16 +321,21 @@ impl CausalLm {
         let (nh, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let rep = nh / kvh;
         let hn = self.norm(path, x, &w.attn_norm)?.reshape((b * t, h))?;
-        let proj = |wt: &Tensor, bias: &Option<Tensor>, heads: usize| -> Result<Tensor, Error> {
-            let mut y = project(path, &hn, wt)?;
+        let ad = |m: Module| w.adapters[m.index()].as_ref();
+        let proj = |wt: &Tensor,
+                    m: Module,
+                    bias: &Option<Tensor>,
+                    heads: usize|
+         -> Result<Tensor, Error> {
+            let mut y = project(path, &hn, wt, ad(m))?;
             if let Some(bias) = bias {
                 y = y.broadcast_add(bias)?;
             }
             Ok(y.reshape((b, t, heads, hd))?)
         };
-        let mut q = proj(&w.q, &w.q_bias, nh)?;
-        let mut k = proj(&w.k, &w.k_bias, kvh)?;
-        let v = proj(&w.v, &w.v_bias, kvh)?;
+        let mut q = proj(&w.q, Module::Q, &w.q_bias, nh)?;
+        let mut k = proj(&w.k, Module::K, &w.k_bias, kvh)?;
+        let v = proj(&w.v, Module::V, &w.v_bias, kvh)?;
         if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
             q = self.norm(path, &q, qn)?;
             k = self.norm(path, &k, kn)?;
@@ -233,11 +369,11 @@ impl CausalLm {
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b * t, nh * hd))?;
-        let x = (x + project(path, &attn, &w.o)?.reshape((b, t, h))?)?;
+        let x = (x + project(path, &attn, &w.o, ad(Module::O))?.reshape((b, t, h))?)?;
         let hn = self.norm(path, &x, &w.mlp_norm)?.reshape((b * t, h))?;
-        let gate = project(path, &hn, &w.gate)?.silu()?;
-        let up = project(path, &hn, &w.up)?;
-        let mlp = project(path, &(gate * up)?, &w.down)?.reshape((b, t, h))?;
+        let gate = project(path, &hn, &w.gate, ad(Module::Gate))?.silu()?;
+        let up = project(path, &hn, &w.up, ad(Module::Up))?;
+        let mlp = project(path, &(gate * up)?, &w.down, ad(Module::Down))?.reshape((b, t, h))?;
         Ok((x + mlp)?)
     }
 
@@ -270,15 +406,35 @@ impl CausalLm {
     }
 }
 
-/// `x [rows, in] · wᵀ` for a weight `w [out, in]`. Decoding a few rows on the CPU goes through
-/// the skinny kernel ([`skinny`]); everything else through candle's matmul.
-fn project(path: Path, x: &Tensor, w: &Tensor) -> Result<Tensor, Error> {
+/// `x [rows, in] · wᵀ` for a weight `w [out, in]`, plus the LoRA update `scale · (x·Aᵀ)·Bᵀ`
+/// when the projection has an adapter. Decoding a few rows on the CPU goes through the skinny
+/// kernel ([`skinny`]); everything else through candle's matmul.
+fn project(path: Path, x: &Tensor, w: &Tensor, adapter: Option<&Adapter>) -> Result<Tensor, Error> {
+    let mut y = None;
     if path == Path::Infer {
-        if let Some(y) = skinny::matmul_t(x, w)? {
-            return Ok(y);
-        }
+        y = skinny::matmul_t(x, w)?;
     }
-    Ok(x.matmul(&w.t()?)?)
+    let y = match y {
+        Some(y) => y,
+        None => x.matmul(&w.t()?)?,
+    };
+    Ok(match adapter {
+        None => y,
+        Some(a) => (y + (x.matmul(&a.a.t()?)?.matmul(&a.b.t()?)? * a.scale)?)?,
+    })
+}
+
+/// `(layer, module)` of a projection weight's Hugging Face name
+/// (`model.layers.3.self_attn.q_proj.weight` → `(3, Q)`).
+fn parse_projection(name: &str) -> Option<(usize, Module)> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer = layer.parse().ok()?;
+    let rest = rest.strip_suffix(".weight")?;
+    Module::ALL
+        .into_iter()
+        .find(|m| m.path() == rest)
+        .map(|m| (layer, m))
 }
 
 /// The additive attention mask `[batch, t, start + t]`: a query at slot `start + j` of row `r`

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::ModelConfig;
+use super::lora::{Adapter, Lora, Module};
 use crate::Error;
 
 /// The model's parameters, as `Var`s under their Hugging Face names
@@ -162,6 +163,8 @@ pub(crate) struct Layer {
     pub down: Tensor,
     pub attn_norm: Tensor,
     pub mlp_norm: Tensor,
+    /// LoRA adapters by [`Module::index`].
+    pub adapters: [Option<Adapter>; 7],
 }
 
 /// All the weights, tracked (for training) or detached (for decoding).
@@ -174,8 +177,14 @@ pub(crate) struct Weights {
 }
 
 impl Weights {
-    /// Views of `params`; `detached` cuts them from the autograd graph (same storage).
-    pub fn new(params: &Params, c: &ModelConfig, detached: bool) -> Result<Self, Error> {
+    /// Views of `params` and of the adapters in `lora`; `detached` cuts them from the autograd
+    /// graph (same storage).
+    pub fn new(
+        params: &Params,
+        c: &ModelConfig,
+        detached: bool,
+        lora: Option<&Lora>,
+    ) -> Result<Self, Error> {
         let get = |n: &str| -> Result<Tensor, Error> {
             let t = params.get(n)?;
             Ok(if detached { t.detach() } else { t })
@@ -201,6 +210,7 @@ impl Weights {
                 down: get(&p("mlp.down_proj.weight"))?,
                 attn_norm: get(&p("input_layernorm.weight"))?,
                 mlp_norm: get(&p("post_attention_layernorm.weight"))?,
+                adapters: Module::ALL.map(|m| lora.and_then(|lo| lo.adapter(l, m, detached))),
             });
         }
         let embed = get("model.embed_tokens.weight")?;

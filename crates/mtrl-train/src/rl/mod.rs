@@ -1,0 +1,10 @@
+//! Reinforcement learning (and supervised warm starts) on mtrl trajectories: advantages,
+//! losses, optimisation, and the trainer that runs them.
+
+mod advantage;
+mod loss;
+mod optim;
+
+pub use advantage::{AdvantageEstimator, DrGrpo, Estimator, Grpo, Rloo, has_variance};
+pub use loss::{Aggregation, LossBatch, LossOutput, NextTokenNll, PolicyLoss, PpoClip};
+pub use optim::{AdamW, AdamWConfig, Decay, Grads, Schedule};

@@ -1,0 +1,259 @@
+//! LoRA: a fresh adapter changes nothing, a trained one equals its merge on both forward paths,
+//! it saves in PEFT's names and layout and loads back, and bad adapters are typed errors.
+//! Also: the trainer's selected-position logprobs equal the full forward's.
+
+use candle_core::{D, Device, Tensor};
+use mtrl_train::model::{
+    Architecture, CausalLm, KvCache, Lora, LoraConfig, ModelConfig, Module, Params, peft_name,
+};
+
+fn tiny(arch: Architecture) -> (ModelConfig, CausalLm) {
+    let config = ModelConfig::tiny(arch);
+    let params = Params::random(&config, 7, &Device::Cpu).unwrap();
+    let model = CausalLm::new(config.clone(), params, &Device::Cpu).unwrap();
+    (config, model)
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn ids() -> Tensor {
+    let ids: Vec<u32> = (0..24).map(|i| (i * 13 + 5) % 97).collect();
+    Tensor::from_vec(ids, (2, 12), &Device::Cpu).unwrap()
+}
+
+fn cached(model: &CausalLm, ids: &Tensor) -> Tensor {
+    let mut cache = KvCache::new(model.config().num_layers, 2);
+    let head = model
+        .forward_cached(&ids.narrow(1, 0, 5).unwrap(), &mut cache)
+        .unwrap();
+    let mut parts = vec![head];
+    for j in 5..12 {
+        parts.push(
+            model
+                .forward_cached(&ids.narrow(1, j, 1).unwrap(), &mut cache)
+                .unwrap(),
+        );
+    }
+    Tensor::cat(&parts, 1).unwrap()
+}
+
+fn all_targets() -> LoraConfig {
+    LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: Module::ALL.to_vec(),
+    }
+}
+
+/// Gives every B a non-zero value, as training would.
+fn perturb(model: &CausalLm) {
+    for (i, (name, var)) in model.trainable().into_iter().enumerate() {
+        if name.contains("lora_B") {
+            let shape = var.as_tensor().shape().clone();
+            let v = Tensor::randn(0f32, 0.05, shape, &Device::Cpu).unwrap();
+            var.set(&(v + i as f64 * 1e-3).unwrap()).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_fresh_adapter_changes_nothing_and_a_trained_one_equals_its_merge() {
+    for arch in [
+        Architecture::Llama,
+        Architecture::Qwen2,
+        Architecture::Qwen3,
+    ] {
+        let (config, base) = tiny(arch);
+        let x = ids();
+        let before = base.forward_train(&x).unwrap();
+        let lora = Lora::new(all_targets(), &config, 1, &Device::Cpu).unwrap();
+        let model = base.with_lora(lora).unwrap();
+        assert_eq!(max_diff(&before, &model.forward_train(&x).unwrap()), 0.0);
+        perturb(&model);
+        let train = model.forward_train(&x).unwrap();
+        assert!(
+            max_diff(&before, &train) > 1e-3,
+            "{arch:?}: the adapter had no effect"
+        );
+        let merged = model.merged().unwrap();
+        assert!(merged.lora().is_none());
+        let d = max_diff(&train, &merged.forward_train(&x).unwrap());
+        assert!(
+            d < 1e-4,
+            "{arch:?}: LoRA vs merged (train path) differ by {d}"
+        );
+        // The decoding path applies the adapters too (and sees updates at once).
+        let d = max_diff(&cached(&model, &x), &cached(&merged, &x));
+        assert!(
+            d < 1e-4,
+            "{arch:?}: LoRA vs merged (cached path) differ by {d}"
+        );
+    }
+}
+
+#[test]
+fn only_adapters_are_trainable_and_gradients_reach_them() {
+    let (config, base) = tiny(Architecture::Llama);
+    let n_params = base.trainable().len();
+    let lora = Lora::new(
+        LoraConfig {
+            rank: 2,
+            alpha: 4.0,
+            targets: vec![Module::Q, Module::V],
+        },
+        &config,
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let model = base.with_lora(lora).unwrap();
+    let vars = model.trainable();
+    assert_eq!(vars.len(), config.num_layers * 2 * 2);
+    assert!(vars.len() < n_params);
+    perturb(&model);
+    let loss = model
+        .forward_train(&ids())
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap();
+    let grads = loss.backward().unwrap();
+    for (name, var) in &vars {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(norm > 0.0, "zero gradient for {name}");
+    }
+}
+
+#[test]
+fn adapters_save_in_peft_layout_and_load_back() {
+    let (config, base) = tiny(Architecture::Qwen2);
+    let lora = Lora::new(
+        LoraConfig {
+            rank: 4,
+            alpha: 16.0,
+            targets: vec![Module::Q, Module::V, Module::Down],
+        },
+        &config,
+        5,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let model = base.with_lora(lora).unwrap();
+    perturb(&model);
+    let dir = std::env::temp_dir().join(format!("mtrl-lora-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    model.lora().unwrap().save_peft(&dir, "tiny-qwen2").unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["task_type"], "CAUSAL_LM");
+    assert_eq!(cfg["r"], 4);
+    assert_eq!(cfg["lora_alpha"], 16.0);
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!(["q_proj", "v_proj", "down_proj"])
+    );
+    let tensors =
+        candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
+    assert_eq!(tensors.len(), config.num_layers * 3 * 2);
+    let a = &tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"];
+    assert_eq!(a.dims(), &[4, config.hidden_size]);
+    let b = &tensors["base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"];
+    assert_eq!(b.dims(), &[config.hidden_size, 4]);
+    assert_eq!(
+        peft_name(0, Module::V, "lora_B"),
+        "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight"
+    );
+    // Loaded onto a fresh base, it gives the same logits.
+    let loaded = Lora::load_peft(&dir, &config, &Device::Cpu).unwrap();
+    let (_, fresh) = tiny(Architecture::Qwen2);
+    let again = fresh.with_lora(loaded).unwrap();
+    let x = ids();
+    assert_eq!(
+        max_diff(
+            &model.forward_train(&x).unwrap(),
+            &again.forward_train(&x).unwrap()
+        ),
+        0.0
+    );
+    // Broken adapters: a missing tensor, a wrong shape, an unknown target.
+    let mut broken = tensors.clone();
+    broken.remove("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
+    candle_core::safetensors::save(&broken, dir.join("adapter_model.safetensors")).unwrap();
+    let err = Lora::load_peft(&dir, &config, &Device::Cpu).err().unwrap();
+    assert!(err.to_string().contains("q_proj.lora_A"), "{err}");
+    let mut broken = tensors.clone();
+    broken.insert(
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".into(),
+        Tensor::zeros((3, 3), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&broken, dir.join("adapter_model.safetensors")).unwrap();
+    assert!(Lora::load_peft(&dir, &config, &Device::Cpu).is_err());
+    let text = std::fs::read_to_string(dir.join("adapter_config.json"))
+        .unwrap()
+        .replace("down_proj", "lm_head");
+    std::fs::write(dir.join("adapter_config.json"), text).unwrap();
+    let err = Lora::load_peft(&dir, &config, &Device::Cpu).err().unwrap();
+    assert!(err.to_string().contains("lm_head"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn selected_next_token_logprobs_equal_the_full_forward() {
+    let (_, model) = tiny(Architecture::Qwen3);
+    let x = ids();
+    let full = candle_nn::ops::log_softmax(&model.forward_train(&x).unwrap(), D::Minus1).unwrap();
+    let at = [(0usize, 0usize), (0, 7), (1, 3), (1, 10)];
+    let (lp, entropy) = model.next_token_logprobs(&x, &at).unwrap();
+    let lp = lp.to_vec1::<f32>().unwrap();
+    let ids = x.to_vec2::<u32>().unwrap();
+    for (i, &(r, p)) in at.iter().enumerate() {
+        let row = full.get(r).unwrap().get(p).unwrap();
+        let want = row
+            .get(ids[r][p + 1] as usize)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((lp[i] - want).abs() < 1e-5, "{i}: {} vs {want}", lp[i]);
+        let probs = row.exp().unwrap();
+        let h = -(probs * &row)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let got = entropy.get(i).unwrap().to_scalar::<f32>().unwrap();
+        assert!((got - h).abs() < 1e-4, "entropy {i}: {got} vs {h}");
+    }
+    assert!(
+        model.next_token_logprobs(&x, &[(0, 11)]).is_err(),
+        "no next token"
+    );
+    assert!(
+        model.next_token_logprobs(&x, &[(2, 0)]).is_err(),
+        "no such row"
+    );
+}
