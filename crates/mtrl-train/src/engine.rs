@@ -141,6 +141,8 @@ struct Engine {
     config: EngineConfig,
     prefixes: Vec<Entry>,
     clock: u64,
+    /// The model's weights version the cached prefixes were computed with.
+    version: u64,
 }
 
 /// A sequence being decoded.
@@ -160,6 +162,7 @@ impl Engine {
             config,
             prefixes: Vec::new(),
             clock: 0,
+            version: 0,
         }
     }
 
@@ -177,6 +180,12 @@ impl Engine {
     }
 
     fn run_batch(&mut self, batch: Vec<(GenRequest, Reply)>) {
+        // Keys and values computed with other weights are stale: drop them.
+        let version = self.model.weights_version();
+        if version != self.version {
+            self.prefixes.clear();
+            self.version = version;
+        }
         let window = self.model.config().max_position_embeddings;
         let mut live: Vec<Live> = Vec::new();
         let mut rows: Vec<KvCache> = Vec::new();

@@ -58,6 +58,52 @@ impl Tokenizer {
         Ok(Self::with_specials(inner, bos, eos))
     }
 
+    /// A small word-level tokenizer for models trained from scratch: every run of letters
+    /// (and `_`), every digit, every whitespace character and every other character is one
+    /// token, looked up in `words`; `specials` (chat markers, the end of turn) are special
+    /// tokens. Decoding concatenates, so any text made of known tokens round-trips exactly.
+    /// Unknown pieces encode as `<unk>`.
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] when a word repeats, or the tokenizer cannot be built.
+    pub fn word_level(words: &[String], specials: &[String], eos: &str) -> Result<Self, Error> {
+        use tokenizers::models::wordlevel::WordLevel;
+        use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+        use tokenizers::{DecoderWrapper, SplitDelimiterBehavior};
+        let mut vocab = HashMap::new();
+        for w in std::iter::once("<unk>")
+            .chain(specials.iter().map(String::as_str))
+            .chain(words.iter().map(String::as_str))
+        {
+            let id = vocab.len() as u32;
+            if vocab.insert(w.to_string(), id).is_some() {
+                return Err(Error::Tokenizer(format!("the vocabulary repeats {w:?}")));
+            }
+        }
+        let model = WordLevel::builder()
+            .vocab(vocab.into_iter().collect())
+            .unk_token("<unk>".into())
+            .build()
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let split = Split::new(
+            SplitPattern::Regex(r"[A-Za-z_]+|[0-9]|\s|[^A-Za-z_0-9\s]".into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut inner = tokenizers::Tokenizer::new(model);
+        inner.with_pre_tokenizer(Some(PreTokenizerWrapper::Split(split)));
+        inner.with_decoder(Some(DecoderWrapper::Fuse(
+            tokenizers::decoders::fuse::Fuse::new(),
+        )));
+        let added: Vec<AddedToken> = specials
+            .iter()
+            .map(|s| AddedToken::from(s.clone(), true))
+            .collect();
+        inner.add_special_tokens(&added);
+        Ok(Self::with_specials(inner, None, Some(eos.to_string())))
+    }
+
     /// From GGUF metadata (`tokenizer.ggml.*`): a byte-level BPE with its merges, the control
     /// tokens as special tokens, and the pre-tokenizer the metadata names (`smollm` splits digits
     /// one by one before GPT-2's byte-level regex).

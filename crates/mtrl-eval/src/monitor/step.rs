@@ -54,6 +54,44 @@ pub mod names {
     pub const VAL_TOOL_ACCURACY: &str = "val/tool_accuracy";
     /// The prefix of each reward component's mean: `rollout/reward/component/<name>`.
     pub const REWARD_COMPONENT_PREFIX: &str = "rollout/reward/component/";
+    /// The training loss of the step (weighted over its updates' tokens).
+    pub const TRAIN_LOSS: &str = "train/loss";
+    /// The global gradient norm before clipping (mean over the step's updates).
+    pub const TRAIN_GRAD_NORM: &str = "train/grad_norm";
+    /// The policy's mean entropy over trained tokens.
+    pub const TRAIN_ENTROPY: &str = "train/entropy";
+    /// KL(rollout ‖ trainer) over trained tokens (k3 estimator): how far the logprobs the
+    /// sampler stored are from what the training forward computes for the same weights.
+    pub const TRAIN_MISMATCH_KL: &str = "train/mismatch_kl";
+    /// The largest |rollout − trainer| logprob difference of a trained token.
+    pub const TRAIN_MISMATCH_MAX: &str = "train/mismatch_max";
+    /// Share of trained tokens whose PPO ratio was clipped.
+    pub const TRAIN_CLIP_FRAC: &str = "train/clip_frac";
+    /// The largest PPO ratio of the step.
+    pub const TRAIN_RATIO_MAX: &str = "train/ratio_max";
+    /// The smallest PPO ratio of the step.
+    pub const TRAIN_RATIO_MIN: &str = "train/ratio_min";
+    /// The KL to the reference policy (when the loss has one).
+    pub const TRAIN_KL: &str = "train/kl";
+    /// The learning rate of the step's last update.
+    pub const TRAIN_LR: &str = "train/lr";
+    /// Trained (sampled, unmasked) tokens in the step.
+    pub const TRAIN_TOKENS: &str = "train/tokens";
+    /// Tokens through the training forward per second of update time.
+    pub const TRAIN_TOKENS_PER_S: &str = "train/tokens_per_s";
+    /// Groups dropped because a rollout failed (environment or agent error, timeout) or could
+    /// not be scored.
+    pub const TRAIN_DROPPED_GROUPS: &str = "train/dropped_groups";
+    /// Groups left out because all their rewards were equal.
+    pub const TRAIN_ZERO_VAR_GROUPS: &str = "train/zero_var_groups";
+    /// Updates skipped because the loss or a gradient was NaN or infinite.
+    pub const TRAIN_SKIPPED_UPDATES: &str = "train/skipped_updates";
+    /// Seconds spent rolling out.
+    pub const TIME_ROLLOUT: &str = "time/rollout_s";
+    /// Seconds spent scoring (rewards and evaluations).
+    pub const TIME_REWARD: &str = "time/reward_s";
+    /// Seconds spent updating (forward, backward, optimiser).
+    pub const TIME_UPDATE: &str = "time/update_s";
 
     /// The name of a reward component's mean.
     pub fn reward_component(component: &str) -> String {

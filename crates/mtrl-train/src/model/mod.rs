@@ -46,6 +46,8 @@ pub struct CausalLm {
     cos: Tensor,
     sin: Tensor,
     device: Device,
+    /// Bumped whenever the weights change in place ([`CausalLm::weights_changed`]).
+    version: std::sync::atomic::AtomicU64,
 }
 
 impl CausalLm {
@@ -81,6 +83,7 @@ impl CausalLm {
             train,
             infer,
             device: device.clone(),
+            version: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -107,6 +110,20 @@ impl CausalLm {
         self.infer = Weights::new(&self.params, &self.config, true, Some(&lora))?;
         self.lora = Some(lora);
         Ok(self)
+    }
+
+    /// Records that the weights changed in place (an optimiser step, a restored checkpoint):
+    /// generation engines over this model then drop the keys and values they cached with the
+    /// old weights. The trainer calls it after every update; call it after changing weights
+    /// yourself.
+    pub fn weights_changed(&self) {
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The weights' version (see [`CausalLm::weights_changed`]).
+    pub fn weights_version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The LoRA adapters, if any.

@@ -137,6 +137,8 @@ impl PolicyLoss for PpoClip {
         stats.insert("ratio/mean".to_string(), weighted_sum(&ratio, b.weights)?);
         let max_ratio = ratio.detach().max(0)?.to_scalar::<f32>()? as f64;
         stats.insert("ratio/max".to_string(), max_ratio);
+        let min_ratio = ratio.detach().min(0)?.to_scalar::<f32>()? as f64;
+        stats.insert("ratio/min".to_string(), min_ratio);
         if let Some(cap) = self.tis_cap {
             let w = (b.old_logprobs - b.behaviour_logprobs)?
                 .exp()?

@@ -1,0 +1,404 @@
+//! The trainer on a tiny random policy with a word-level tokenizer and a one-turn toy task:
+//! the first on-policy update has a PPO ratio of exactly 1, a failed rollout drops only its
+//! group, a NaN loss skips its update and is never checkpointed, a killed-and-resumed run ends
+//! with the same weights (hash) and metrics as an uninterrupted one, and SFT lowers the loss
+//! on its demonstrations.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use candle_core::Device;
+use mtrl_core::rollout::Limits;
+use mtrl_core::trajectory::Episode;
+use mtrl_core::{
+    Environment, Evaluation, Evaluator, Message, Reset, Reward, RewardValue, Step, Task, Trajectory,
+};
+use mtrl_eval::monitor::{StepMetrics, names};
+use mtrl_train::engine::EngineConfig;
+use mtrl_train::model::{Architecture, CausalLm, ModelConfig, Params};
+use mtrl_train::rl::{LossBatch, LossOutput, PolicyLoss, PpoClip, TrainConfig, Trainer};
+use mtrl_train::sampler::SamplingParams;
+use mtrl_train::{CandleAgent, ChatTemplate, ScriptedTokenAgent, Tokenizer};
+use serde_json::json;
+
+const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+fn tokenizer() -> Arc<Tokenizer> {
+    let words: Vec<String> = [
+        "pick",
+        "a",
+        "b",
+        "or",
+        "user",
+        "assistant",
+        "system",
+        " ",
+        "\n",
+        ".",
+        "x",
+        "y",
+    ]
+    .map(String::from)
+    .to_vec();
+    let specials = vec!["<|im_start|>".to_string(), "<|im_end|>".to_string()];
+    Arc::new(Tokenizer::word_level(&words, &specials, "<|im_end|>").unwrap())
+}
+
+fn template() -> Arc<ChatTemplate> {
+    Arc::new(ChatTemplate::new(CHATML, "", "<|im_end|>").unwrap())
+}
+
+fn model(seed: u64) -> Arc<CausalLm> {
+    let mut config = ModelConfig::tiny(Architecture::Llama);
+    config.vocab_size = tokenizer().vocab_size();
+    let params = Params::random(&config, seed, &Device::Cpu).unwrap();
+    Arc::new(CausalLm::new(config, params, &Device::Cpu).unwrap())
+}
+
+fn agent(model: &Arc<CausalLm>) -> CandleAgent {
+    CandleAgent::with_parts(
+        model.clone(),
+        tokenizer(),
+        template(),
+        SamplingParams {
+            max_tokens: 4,
+            ..SamplingParams::default()
+        },
+        EngineConfig::default(),
+    )
+}
+
+/// One turn: the user asks to pick a letter; the answer is judged by its first letter.
+struct Pick;
+
+#[async_trait]
+impl Environment for Pick {
+    async fn reset(&mut self, _task: &Task, _episode: &Episode) -> mtrl_core::Result<Reset> {
+        Ok(Reset {
+            messages: vec![Message::user("pick a or b.")],
+            ..Reset::default()
+        })
+    }
+
+    async fn step(&mut self, _action: &Message) -> mtrl_core::Result<Step> {
+        Ok(Step::done(Vec::new()))
+    }
+}
+
+fn factory(task: &Task, _episode: &Episode) -> mtrl_core::Result<Pick> {
+    match task.id() {
+        "broken" => Err(mtrl_core::Error::environment("the sandbox did not start")),
+        "panics" => panic!("the factory panicked"),
+        _ => Ok(Pick),
+    }
+}
+
+fn answer(t: &Trajectory) -> String {
+    t.turns
+        .last()
+        .map(|turn| turn.action.content.trim().to_string())
+        .unwrap_or_default()
+}
+
+struct FirstLetter;
+
+#[async_trait]
+impl Reward for FirstLetter {
+    async fn score(&self, task: &Task, t: &Trajectory) -> mtrl_core::Result<RewardValue> {
+        let want = task.ground_truth()["letter"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        Ok(RewardValue::new(f64::from(u8::from(
+            answer(t).starts_with(&want),
+        ))))
+    }
+}
+
+struct Exact;
+
+#[async_trait]
+impl Evaluator for Exact {
+    async fn evaluate(&self, task: &Task, t: &Trajectory) -> mtrl_core::Result<Evaluation> {
+        let want = task.ground_truth()["letter"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let success = answer(t) == want;
+        Ok(Evaluation {
+            success,
+            completed: true,
+            ..Evaluation::default()
+        })
+    }
+}
+
+fn tasks(ids: &[&str]) -> Vec<Task> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let letter = if i % 2 == 0 { "a" } else { "b" };
+            Task::new(*id, json!({}), json!({ "letter": letter })).unwrap()
+        })
+        .collect()
+}
+
+fn config() -> TrainConfig {
+    let mut c = TrainConfig {
+        steps: 4,
+        tasks_per_step: 2,
+        group_size: 6,
+        updates_per_step: 2,
+        micro_batch: 4,
+        concurrency: 1,
+        eval_every: 0,
+        seed: 11,
+        ..TrainConfig::default()
+    };
+    c.optimizer.lr = 3e-2;
+    c
+}
+
+type TestTrainer = Trainer<CandleAgent, fn(&Task, &Episode) -> mtrl_core::Result<Pick>>;
+
+fn trainer(model: Arc<CausalLm>, config: TrainConfig, train: &[&str]) -> TestTrainer {
+    let agent = agent(&model);
+    Trainer::builder(model, agent, factory as fn(&Task, &Episode) -> _)
+        .reward(Arc::new(FirstLetter))
+        .evaluator(Arc::new(Exact))
+        .tasks(tasks(train), Vec::new())
+        .limits(Limits {
+            max_turns: 1,
+            ..Limits::default()
+        })
+        .config(config)
+        .build()
+        .unwrap()
+}
+
+fn weight_hash(model: &CausalLm) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (name, var) in model.trainable() {
+        name.hash(&mut h);
+        for v in var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+        {
+            v.to_bits().hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+/// Metrics without the timings.
+fn untimed(m: &StepMetrics) -> StepMetrics {
+    let mut m = m.clone();
+    m.values
+        .retain(|k, _| !k.starts_with("time/") && k != names::TRAIN_TOKENS_PER_S);
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_on_policy_update_has_a_ratio_of_exactly_one() {
+    let mut c = config();
+    c.updates_per_step = 1;
+    let mut t = trainer(model(1), c, &["t0", "t1", "t2", "t3"]);
+    let mut trained = false;
+    for _ in 0..3 {
+        let m = t.step().await.unwrap();
+        if m.get(names::TRAIN_TOKENS).unwrap_or(0.0) > 0.0 {
+            assert_eq!(m.get(names::TRAIN_RATIO_MAX), Some(1.0), "{m:?}");
+            assert_eq!(m.get(names::TRAIN_RATIO_MIN), Some(1.0), "{m:?}");
+            assert_eq!(m.get(names::TRAIN_CLIP_FRAC), Some(0.0));
+            // The stored rollout logprobs and the training forward agree closely (this caught
+            // the engine reusing keys and values cached before an update).
+            let kl = m.get(names::TRAIN_MISMATCH_KL).unwrap();
+            assert!(kl.abs() < 1e-4, "mismatch KL {kl}");
+            assert!(m.get(names::TRAIN_MISMATCH_MAX).unwrap() < 1e-3);
+            assert!(m.get(names::TRAIN_ENTROPY).unwrap() > 0.0);
+            assert!(m.get(names::TRAIN_GRAD_NORM).unwrap() > 0.0);
+            trained = true;
+        }
+        for key in [names::TIME_ROLLOUT, names::TIME_REWARD, names::TIME_UPDATE] {
+            assert!(m.get(key).is_some(), "{key} missing");
+        }
+    }
+    assert!(trained, "no step had a group with reward variance");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rollout_drops_only_its_group() {
+    let mut c = config();
+    c.tasks_per_step = 4;
+    let mut t = trainer(model(2), c, &["t0", "broken", "t2", "panics"]);
+    let before = weight_hash(t.model());
+    let m = t.step().await.unwrap();
+    assert_eq!(m.get(names::TRAIN_DROPPED_GROUPS), Some(2.0), "{m:?}");
+    assert_eq!(m.get(names::FAILED_FRAC), Some(0.5));
+    let kept = 2.0 - m.get(names::TRAIN_ZERO_VAR_GROUPS).unwrap();
+    if kept > 0.0 {
+        assert!(m.get(names::TRAIN_TOKENS).unwrap() > 0.0);
+        assert_ne!(before, weight_hash(t.model()), "the healthy groups trained");
+    }
+    // The run goes on.
+    t.step().await.unwrap();
+    assert_eq!(t.state().step, 2);
+}
+
+/// PPO-clip, but NaN while `poison` is set.
+struct Poisoned {
+    inner: PpoClip,
+    poison: Arc<AtomicBool>,
+}
+
+impl PolicyLoss for Poisoned {
+    fn name(&self) -> &str {
+        "poisoned"
+    }
+
+    fn loss(&self, batch: &LossBatch<'_>) -> Result<LossOutput, mtrl_train::Error> {
+        let mut out = self.inner.loss(batch)?;
+        if self.poison.load(Ordering::SeqCst) {
+            out.loss = (out.loss * f64::NAN)?;
+            out.stats.insert("loss".into(), f64::NAN);
+        }
+        Ok(out)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nan_loss_skips_the_update_and_is_never_checkpointed() {
+    let poison = Arc::new(AtomicBool::new(true));
+    let m = model(3);
+    let agent = agent(&m);
+    let mut c = config();
+    c.updates_per_step = 1;
+    let mut t = Trainer::builder(m, agent, factory as fn(&Task, &Episode) -> _)
+        .reward(Arc::new(FirstLetter))
+        .evaluator(Arc::new(Exact))
+        .tasks(tasks(&["t0", "t1"]), Vec::new())
+        .limits(Limits {
+            max_turns: 1,
+            ..Limits::default()
+        })
+        .config(c)
+        .loss(Box::new(Poisoned {
+            inner: PpoClip::default(),
+            poison: poison.clone(),
+        }))
+        .build()
+        .unwrap();
+    let mut skipped = 0.0;
+    for _ in 0..4 {
+        let before = weight_hash(t.model());
+        let m = t.step().await.unwrap();
+        if m.get(names::TRAIN_TOKENS).unwrap_or(0.0) > 0.0 {
+            assert_eq!(m.get(names::TRAIN_SKIPPED_UPDATES), Some(1.0), "{m:?}");
+            assert_eq!(
+                before,
+                weight_hash(t.model()),
+                "a NaN update changed the weights"
+            );
+            skipped += 1.0;
+        }
+    }
+    assert!(skipped > 0.0, "no step trained");
+    assert_eq!(t.state().skipped_updates as f64, skipped);
+    // The weights stayed finite, so a checkpoint is written; once they are not, none is.
+    let dir = std::env::temp_dir().join(format!("mtrl-nan-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    t.save_checkpoint(&dir.join("ok")).unwrap();
+    let (_, var) = t.model().trainable().into_iter().next().unwrap();
+    var.set(&(var.as_tensor() * f64::NAN).unwrap()).unwrap();
+    assert!(t.save_checkpoint(&dir.join("bad")).is_err());
+    assert!(!dir.join("bad").join("trainable.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+    // Healthy again: the update happens.
+    poison.store(false, Ordering::SeqCst);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_run_ends_with_the_same_weights_and_metrics() {
+    let train = ["t0", "t1", "t2", "t3", "t4"];
+    // Uninterrupted.
+    let mut full = trainer(model(4), config(), &train);
+    full.run(None).await.unwrap();
+    let full_hash = weight_hash(full.model());
+    let full_metrics: Vec<StepMetrics> = full.history().iter().map(untimed).collect();
+    assert_eq!(full.state().step, 4);
+    assert!(
+        full_metrics
+            .iter()
+            .any(|m| m.get(names::TRAIN_TOKENS).unwrap_or(0.0) > 0.0),
+        "nothing trained"
+    );
+
+    // Killed after two steps...
+    let dir = std::env::temp_dir().join(format!("mtrl-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut first = trainer(model(4), config(), &train);
+    first.step().await.unwrap();
+    first.step().await.unwrap();
+    first.save_checkpoint(&dir).unwrap();
+    let first_metrics: Vec<StepMetrics> = first.history().iter().map(untimed).collect();
+    drop(first);
+    // ...and resumed by a fresh process: a new model from the same initialisation.
+    let mut resumed = trainer(model(4), config(), &train);
+    resumed.resume(&dir).unwrap();
+    assert_eq!(resumed.state().step, 2);
+    resumed.run(None).await.unwrap();
+    let mut metrics = first_metrics;
+    metrics.extend(resumed.history().iter().map(untimed));
+    assert_eq!(weight_hash(resumed.model()), full_hash);
+    assert_eq!(metrics, full_metrics);
+    assert_ne!(
+        full_hash,
+        weight_hash(&model(4)),
+        "training changed nothing"
+    );
+
+    // A checkpoint of another config is refused.
+    let mut other = config();
+    other.seed = 99;
+    let mut wrong = trainer(model(4), other, &train);
+    assert!(wrong.resume(&dir).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sft_lowers_the_loss_on_its_demonstrations() {
+    let m = model(5);
+    let tasks = tasks(&["t0", "t1", "t2", "t3"]);
+    // A scripted expert always answers "a".
+    let expert = ScriptedTokenAgent::new(tokenizer(), template(), vec!["a".into()]);
+    let driver = mtrl_core::rollout::RolloutDriver::new(Limits {
+        max_turns: 1,
+        ..Limits::default()
+    });
+    let demos: Vec<Trajectory> = driver
+        .run_batch(&expert, &factory, &tasks, 1)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(demos.iter().all(|d| d.has_token_records()));
+    let mut c = config();
+    c.optimizer.lr = 1e-2;
+    let mut t = trainer(m, c, &["t0"]);
+    let log = t.sft(&demos, 15, 2).unwrap();
+    assert_eq!(log.len(), 30);
+    let first = log[0].get(names::TRAIN_LOSS).unwrap();
+    let last = log.last().unwrap().get(names::TRAIN_LOSS).unwrap();
+    assert!(last < first * 0.5, "SFT loss {first} → {last}");
+    // Demonstrations without token records are refused, not silently skipped.
+    let mut bare = demos[0].clone();
+    for turn in &mut bare.turns {
+        turn.tokens = None;
+    }
+    assert!(t.sft(&[bare], 1, 1).is_err());
+}
