@@ -58,31 +58,50 @@ impl Tokenizer {
         Ok(Self::with_specials(inner, bos, eos))
     }
 
-    /// A small word-level tokenizer for models trained from scratch: every run of letters
-    /// (and `_`), every digit, every whitespace character and every other character is one
-    /// token, looked up in `words`; `specials` (chat markers, the end of turn) are special
-    /// tokens. Decoding concatenates, so any text made of known tokens round-trips exactly.
-    /// Unknown pieces encode as `<unk>`.
+    /// A small tokenizer for models trained from scratch: each run of letters (and `_`) is one
+    /// token when `words` has it, and otherwise splits into the longest known pieces down to
+    /// single characters; every digit, whitespace and other ASCII character is a token of its
+    /// own; `specials` (chat markers, the end of turn) are special tokens. Decoding
+    /// concatenates, so any ASCII text round-trips exactly; other characters encode as `<unk>`.
     ///
     /// # Errors
-    /// [`Error::Tokenizer`] when a word repeats, or the tokenizer cannot be built.
-    pub fn word_level(words: &[String], specials: &[String], eos: &str) -> Result<Self, Error> {
-        use tokenizers::models::wordlevel::WordLevel;
+    /// [`Error::Tokenizer`] when the tokenizer cannot be built.
+    pub fn from_words(words: &[String], specials: &[String], eos: &str) -> Result<Self, Error> {
+        use tokenizers::DecoderWrapper;
+        use tokenizers::SplitDelimiterBehavior;
+        use tokenizers::decoders::fuse::Fuse;
+        use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+        use tokenizers::models::wordpiece::WordPiece;
+        use tokenizers::normalizers::replace::Replace;
         use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-        use tokenizers::{DecoderWrapper, SplitDelimiterBehavior};
-        let mut vocab = HashMap::new();
-        for w in std::iter::once("<unk>")
-            .chain(specials.iter().map(String::as_str))
-            .chain(words.iter().map(String::as_str))
-        {
+        let mut vocab: HashMap<String, u32> = HashMap::new();
+        let mut add = |w: String| {
             let id = vocab.len() as u32;
-            if vocab.insert(w.to_string(), id).is_some() {
-                return Err(Error::Tokenizer(format!("the vocabulary repeats {w:?}")));
+            vocab.entry(w).or_insert(id);
+        };
+        add("<unk>".into());
+        for s in specials {
+            add(s.clone());
+        }
+        for c in (0x20u8..0x7F).map(char::from).chain(['\n', '\t', '\r']) {
+            add(c.to_string());
+            if c.is_ascii_alphabetic() || c == '_' {
+                add(format!("##{c}"));
             }
         }
-        let model = WordLevel::builder()
-            .vocab(vocab.into_iter().collect())
+        let mut sorted: Vec<&String> = words.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        for w in sorted {
+            if !w.is_empty() && w.chars().all(|c| c.is_ascii_alphabetic() || c == '_') {
+                add(w.clone());
+            }
+        }
+        let model = WordPiece::builder()
+            .vocab(vocab.into_iter().collect::<Vocab>())
             .unk_token("<unk>".into())
+            .continuing_subword_prefix("##".into())
+            .max_input_chars_per_word(1 << 16)
             .build()
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let split = Split::new(
@@ -91,11 +110,13 @@ impl Tokenizer {
             false,
         )
         .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let strip = Replace::new("##", "").map_err(|e| Error::Tokenizer(e.to_string()))?;
         let mut inner = tokenizers::Tokenizer::new(model);
         inner.with_pre_tokenizer(Some(PreTokenizerWrapper::Split(split)));
-        inner.with_decoder(Some(DecoderWrapper::Fuse(
-            tokenizers::decoders::fuse::Fuse::new(),
-        )));
+        inner.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(vec![
+            DecoderWrapper::Replace(strip),
+            DecoderWrapper::Fuse(Fuse::new()),
+        ]))));
         let added: Vec<AddedToken> = specials
             .iter()
             .map(|s| AddedToken::from(s.clone(), true))

@@ -25,24 +25,11 @@ use serde_json::json;
 const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
 fn tokenizer() -> Arc<Tokenizer> {
-    let words: Vec<String> = [
-        "pick",
-        "a",
-        "b",
-        "or",
-        "user",
-        "assistant",
-        "system",
-        " ",
-        "\n",
-        ".",
-        "x",
-        "y",
-    ]
-    .map(String::from)
-    .to_vec();
+    let words: Vec<String> = ["pick", "or", "user", "assistant", "system"]
+        .map(String::from)
+        .to_vec();
     let specials = vec!["<|im_start|>".to_string(), "<|im_end|>".to_string()];
-    Arc::new(Tokenizer::word_level(&words, &specials, "<|im_end|>").unwrap())
+    Arc::new(Tokenizer::from_words(&words, &specials, "<|im_end|>").unwrap())
 }
 
 fn template() -> Arc<ChatTemplate> {
@@ -62,14 +49,14 @@ fn agent(model: &Arc<CausalLm>) -> CandleAgent {
         tokenizer(),
         template(),
         SamplingParams {
-            max_tokens: 4,
+            max_tokens: 8,
             ..SamplingParams::default()
         },
         EngineConfig::default(),
     )
 }
 
-/// One turn: the user asks to pick a letter; the answer is judged by its first letter.
+/// One turn: the user asks to pick a letter.
 struct Pick;
 
 #[async_trait]
@@ -101,18 +88,14 @@ fn answer(t: &Trajectory) -> String {
         .unwrap_or_default()
 }
 
-struct FirstLetter;
+/// 1 when the answer has a vowel: a dense toy reward, so that a random policy's groups vary.
+struct Vowel;
 
 #[async_trait]
-impl Reward for FirstLetter {
-    async fn score(&self, task: &Task, t: &Trajectory) -> mtrl_core::Result<RewardValue> {
-        let want = task.ground_truth()["letter"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        Ok(RewardValue::new(f64::from(u8::from(
-            answer(t).starts_with(&want),
-        ))))
+impl Reward for Vowel {
+    async fn score(&self, _task: &Task, t: &Trajectory) -> mtrl_core::Result<RewardValue> {
+        let hit = answer(t).to_lowercase().contains(['a', 'e', 'i', 'o', 'u']);
+        Ok(RewardValue::new(f64::from(u8::from(hit))))
     }
 }
 
@@ -165,7 +148,7 @@ type TestTrainer = Trainer<CandleAgent, fn(&Task, &Episode) -> mtrl_core::Result
 fn trainer(model: Arc<CausalLm>, config: TrainConfig, train: &[&str]) -> TestTrainer {
     let agent = agent(&model);
     Trainer::builder(model, agent, factory as fn(&Task, &Episode) -> _)
-        .reward(Arc::new(FirstLetter))
+        .reward(Arc::new(Vowel))
         .evaluator(Arc::new(Exact))
         .tasks(tasks(train), Vec::new())
         .limits(Limits {
@@ -279,7 +262,7 @@ async fn a_nan_loss_skips_the_update_and_is_never_checkpointed() {
     let mut c = config();
     c.updates_per_step = 1;
     let mut t = Trainer::builder(m, agent, factory as fn(&Task, &Episode) -> _)
-        .reward(Arc::new(FirstLetter))
+        .reward(Arc::new(Vowel))
         .evaluator(Arc::new(Exact))
         .tasks(tasks(&["t0", "t1"]), Vec::new())
         .limits(Limits {
