@@ -1,8 +1,7 @@
 //! # mtrl-train
 //!
 //! The default training backend of mtrl: a candle policy that loads real models and rolls out
-//! exact multi-turn trajectories (token-in, token-out), and, next, the trainer that learns from
-//! them. It may use every other mtrl crate.
+//! exact multi-turn trajectories (token-in, token-out), and the trainer that learns from them. It may use every other mtrl crate.
 //!
 //! | concept | where |
 //! |---|---|
@@ -13,6 +12,8 @@
 //! | batched generation with prefix sharing | [`engine::Generator`] |
 //! | tool-call formats (Hermes, JSON list) | [`toolcall::ToolCallFormat`] |
 //! | the agent, token-in-token-out bookkeeping, drift | [`CandleAgent`], [`Tito`], [`drift`] |
+//! | LoRA adapters (PEFT format) | [`model::Lora`] |
+//! | advantages, losses, AdamW, the trainer and SFT | [`rl`] |
 //! | registry assets for tests and examples | [`assets`] |
 //!
 //! Runs on the CPU by default; build with the `cuda` feature for candle's CUDA backend (same

@@ -373,7 +373,7 @@ async fn sft_lowers_the_loss_on_its_demonstrations() {
     let mut c = config();
     c.optimizer.lr = 1e-2;
     let mut t = trainer(m, c, &["t0"]);
-    let log = t.sft(&demos, 15, 2).unwrap();
+    let log = t.sft(&demos, 15, 2, 1e-2).unwrap();
     assert_eq!(log.len(), 30);
     let first = log[0].get(names::TRAIN_LOSS).unwrap();
     let last = log.last().unwrap().get(names::TRAIN_LOSS).unwrap();
@@ -383,5 +383,5 @@ async fn sft_lowers_the_loss_on_its_demonstrations() {
     for turn in &mut bare.turns {
         turn.tokens = None;
     }
-    assert!(t.sft(&[bare], 1, 1).is_err());
+    assert!(t.sft(&[bare], 1, 1, 1e-2).is_err());
 }

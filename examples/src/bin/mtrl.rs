@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use mtrl_env::sop_bench::{DOMAINS, Domain, Source, Target, audit_domain};
 use mtrl_eval::monitor::{AlarmConfig, HackingAlarm, Report, read_metrics};
@@ -16,12 +19,41 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job on an embedded default, offline: train a small policy from scratch on the
+    /// bundled returns_desk domain (audit, SFT warm start, GRPO) and print held-out strict TSR
+    /// for the most-common-answer baseline, SFT only and SFT + GRPO.
+    Quickstart(QuickstartArgs),
     /// Audit SOP-Bench environments: determinism, seed-dependence, answer leaks, schema
     /// fidelity, tool coverage.
     Audit(AuditArgs),
     /// Write the HTML report of a run from its metrics file (JSON Lines, one step per line),
     /// with the reward-hacking alarms raised along the way.
     Report(ReportArgs),
+}
+
+#[derive(clap::Args)]
+struct QuickstartArgs {
+    /// Where the metrics, HTML report and checkpoint go.
+    #[arg(long, default_value = "runs/quickstart")]
+    out: PathBuf,
+    /// A couple of steps of every stage (what CI runs).
+    #[arg(long)]
+    smoke: bool,
+    /// GRPO steps (overrides the default).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// The seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// SFT passes over the demonstrations (overrides the default).
+    #[arg(long)]
+    sft_epochs: Option<usize>,
+    /// The peak learning rate (overrides the default).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Demonstrations for the SFT warm start (overrides the default).
+    #[arg(long)]
+    demos: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -73,6 +105,7 @@ enum AuditTarget {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Quickstart(args) => run_quickstart(args),
         Command::Audit(args) => run_audit(args),
         Command::Report(args) => run_report(args),
     };
@@ -176,5 +209,48 @@ fn run_audit(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
             reports.len()
         ),
     }
+    Ok(())
+}
+
+fn run_quickstart(args: QuickstartArgs) -> Result<(), Box<dyn std::error::Error>> {
+    use mtrl_examples::quickstart::{QuickstartOptions, run};
+    let mut opts = if args.smoke {
+        QuickstartOptions::smoke(args.out)
+    } else {
+        QuickstartOptions::full(args.out)
+    };
+    if let Some(steps) = args.steps {
+        opts.rl_steps = steps;
+    }
+    if let Some(seed) = args.seed {
+        opts.seed = seed;
+    }
+    if let Some(epochs) = args.sft_epochs {
+        opts.sft_epochs = epochs;
+    }
+    if let Some(lr) = args.lr {
+        opts.lr = lr;
+    }
+    if let Some(demos) = args.demos {
+        opts.demonstrations = demos;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(run(&opts))?;
+    println!("{}", report.table(opts.test_tasks));
+    println!(
+        "untrained policy: {:.1}%; reward-hacking alarm: {}",
+        100.0 * report.untrained,
+        if report.alarms.is_empty() {
+            "silent".to_string()
+        } else {
+            report.alarms.join(", ")
+        }
+    );
+    println!("wall time: {:.0} s", report.seconds);
+    println!("metrics: {}", report.metrics.display());
+    println!("report: {}", report.report.display());
+    println!("checkpoint: {}", opts.out.join("checkpoint").display());
     Ok(())
 }

@@ -527,6 +527,7 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
                 max_grad_norm: self.config.max_grad_norm,
                 schedule: self.config.schedule(),
                 first_update: self.state.updates,
+                peak_lr: None,
             },
         )?;
         let update_s = t2.elapsed().as_secs_f64();
@@ -554,6 +555,17 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
     /// # Errors
     /// [`Error::Eval`] when the evaluator fails on an episode.
     pub async fn evaluate(&self, tasks: &[Task]) -> Result<Vec<EvalRecord>, Error> {
+        Ok(self.evaluate_episodes(tasks).await?.1)
+    }
+
+    /// As [`Trainer::evaluate`], with the episodes themselves.
+    ///
+    /// # Errors
+    /// As [`Trainer::evaluate`].
+    pub async fn evaluate_episodes(
+        &self,
+        tasks: &[Task],
+    ) -> Result<(Vec<Trajectory>, Vec<EvalRecord>), Error> {
         let driver = RolloutDriver::new(self.limits.clone())
             .with_seed(derive_seed(self.config.seed, "validation", 0))
             .with_concurrency(self.config.concurrency);
@@ -566,7 +578,9 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
             None => driver.run_batch(&self.agent, &self.factory, tasks, 1).await,
         };
         let trajectories: Vec<Trajectory> = groups.into_iter().flatten().collect();
-        Ok(mtrl_eval::evaluate_all(self.evaluator.as_ref(), tasks, &trajectories).await?)
+        let records =
+            mtrl_eval::evaluate_all(self.evaluator.as_ref(), tasks, &trajectories).await?;
+        Ok((trajectories, records))
     }
 
     /// Validates on the validation split and records `val/*` metrics under the current step.
@@ -612,8 +626,9 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
 
     /// Supervised warm start: `epochs` passes of masked next-token training on the sampled
     /// tokens of `demonstrations` (a scripted expert's trajectories, or recorded successful
-    /// rollouts, with token records), `batch` sequences per update, in a seeded order.
-    /// Returns one metrics record per update (`train/loss`, `train/grad_norm`, …).
+    /// rollouts, with token records), `batch` sequences per update, in a seeded order, at peak
+    /// learning rate `lr` (with the config's warm-up, capped at a quarter of the updates, and
+    /// decay). Returns one metrics record per update (`train/loss`, `train/grad_norm`, …).
     ///
     /// # Errors
     /// [`Error::Config`] when no demonstration has token records; a tensor error.
@@ -622,6 +637,7 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
         demonstrations: &[Trajectory],
         epochs: usize,
         batch: usize,
+        lr: f64,
     ) -> Result<Vec<StepMetrics>, Error> {
         let mut samples = Vec::new();
         for t in demonstrations {
@@ -660,6 +676,7 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
                         max_grad_norm: self.config.max_grad_norm,
                         schedule,
                         first_update: (epoch * per_epoch + i) as u64,
+                        peak_lr: Some(lr),
                     },
                 )?;
                 self.state.updates += 1;
@@ -766,6 +783,8 @@ struct UpdatePlan {
     max_grad_norm: f64,
     schedule: Schedule,
     first_update: u64,
+    /// The peak learning rate, when not the optimiser's.
+    peak_lr: Option<f64>,
 }
 
 /// Per-token inputs of one micro-batch, as tensors.
@@ -906,7 +925,7 @@ fn update(
         }
         let norm = grads.clip(plan.max_grad_norm)?;
         stats.grad_norms.push(norm);
-        let lr = optimizer.config().lr
+        let lr = plan.peak_lr.unwrap_or(optimizer.config().lr)
             * plan
                 .schedule
                 .factor((plan.first_update + u as u64) as usize);

@@ -1,0 +1,421 @@
+//! The quickstart: a small policy trained from scratch on the bundled [`returns_desk`]
+//! domain, offline — audit, a short SFT warm start on demonstrations that teach the procedure
+//! but not the decision, then GRPO — and a table of strict held-out TSR with 95% confidence
+//! intervals for the most-common-answer baseline, the SFT-only checkpoint and the GRPO
+//! checkpoint, plus the paired gain of GRPO over SFT.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Device;
+use mtrl_core::rollout::{Limits, RolloutDriver};
+use mtrl_core::{Task, Trajectory};
+use mtrl_eval::monitor::{AlarmConfig, HackingAlarm, JsonlSink, Report};
+use mtrl_eval::{Bootstrap, Estimate, EvalRecord, FinalOutputEvaluator};
+use mtrl_reward::ExactMatch;
+use mtrl_train::CandleAgent;
+use mtrl_train::engine::EngineConfig;
+use mtrl_train::model::{Architecture, CausalLm, ModelConfig, Params};
+use mtrl_train::rl::{Aggregation, Estimator, PpoClip, TrainConfig, Trainer};
+use mtrl_train::sampler::SamplingParams;
+
+use crate::returns_desk::{self, Expert};
+
+/// The sizes of a quickstart run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuickstartOptions {
+    /// Where the metrics, report and checkpoint go.
+    pub out: PathBuf,
+    /// Seeds everything.
+    pub seed: u64,
+    /// Training tasks (demonstrations and RL draw from them).
+    pub train_tasks: usize,
+    /// Validation tasks (checked during RL).
+    pub val_tasks: usize,
+    /// Held-out test tasks (the table).
+    pub test_tasks: usize,
+    /// Demonstrations for the SFT warm start.
+    pub demonstrations: usize,
+    /// SFT passes over the demonstrations.
+    pub sft_epochs: usize,
+    /// GRPO steps.
+    pub rl_steps: usize,
+    /// Tasks per GRPO step.
+    pub tasks_per_step: usize,
+    /// Samples per task.
+    pub group_size: usize,
+    /// The peak learning rate of the SFT warm start.
+    pub sft_lr: f64,
+    /// The learning rate of GRPO.
+    pub lr: f64,
+}
+
+impl QuickstartOptions {
+    /// The full run.
+    pub fn full(out: PathBuf) -> Self {
+        Self {
+            out,
+            seed: 7,
+            train_tasks: 480,
+            val_tasks: 64,
+            test_tasks: 160,
+            demonstrations: 96,
+            sft_epochs: 24,
+            rl_steps: 120,
+            tasks_per_step: 8,
+            group_size: 8,
+            sft_lr: 3e-3,
+            lr: 1e-3,
+        }
+    }
+
+    /// A smoke run (CI): every stage, a couple of steps.
+    pub fn smoke(out: PathBuf) -> Self {
+        Self {
+            train_tasks: 48,
+            val_tasks: 8,
+            test_tasks: 16,
+            demonstrations: 8,
+            sft_epochs: 1,
+            rl_steps: 2,
+            tasks_per_step: 2,
+            group_size: 4,
+            ..Self::full(out)
+        }
+    }
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// What was measured.
+    pub name: String,
+    /// Strict TSR with its 95% interval.
+    pub tsr: Estimate,
+}
+
+/// What a quickstart run measured.
+#[derive(Debug, Clone)]
+pub struct QuickstartReport {
+    /// Baseline, SFT-only and GRPO.
+    pub rows: Vec<Row>,
+    /// GRPO − SFT, paired over the test tasks, with its 95% interval.
+    pub gain_over_sft: Estimate,
+    /// GRPO − the most-common-answer baseline, paired.
+    pub gain_over_baseline: Estimate,
+    /// The untrained policy's TSR (measured before anything else).
+    pub untrained: f64,
+    /// Alarms the reward-hacking monitor raised (empty when silent).
+    pub alarms: Vec<String>,
+    /// The audit's findings (empty when the domain passed).
+    pub audit_findings: Vec<String>,
+    /// Seconds of the whole run.
+    pub seconds: f64,
+    /// The HTML report.
+    pub report: PathBuf,
+    /// The metrics file.
+    pub metrics: PathBuf,
+}
+
+impl QuickstartReport {
+    /// The printed table.
+    pub fn table(&self, tasks: usize) -> String {
+        let mut out = format!("strict TSR on {tasks} held-out tasks (95% bootstrap CI)\n");
+        for r in &self.rows {
+            out.push_str(&format!(
+                "  {:<34} {:>5.1}%  [{:>5.1}, {:>5.1}]\n",
+                r.name,
+                100.0 * r.tsr.value,
+                100.0 * r.tsr.low,
+                100.0 * r.tsr.high
+            ));
+        }
+        for (name, g) in [
+            ("GRPO - SFT (paired)", &self.gain_over_sft),
+            ("GRPO - most common (paired)", &self.gain_over_baseline),
+        ] {
+            out.push_str(&format!(
+                "  {:<34} {:>+5.1} pts [{:>+5.1}, {:>+5.1}]\n",
+                name,
+                100.0 * g.value,
+                100.0 * g.low,
+                100.0 * g.high
+            ));
+        }
+        out
+    }
+}
+
+/// The policy's shape: a two-layer Llama-style model, about 0.2M parameters.
+pub fn policy_config(vocab: usize) -> ModelConfig {
+    ModelConfig {
+        architecture: Architecture::Llama,
+        vocab_size: vocab,
+        hidden_size: 64,
+        intermediate_size: 192,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 16,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-5,
+        max_position_embeddings: 1024,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        qk_norm: false,
+    }
+}
+
+fn successes(records: &[EvalRecord]) -> Vec<f64> {
+    records
+        .iter()
+        .map(|r| f64::from(u8::from(r.evaluation.success)))
+        .collect()
+}
+
+/// Writes the records as JSON Lines under `out/eval/<name>.jsonl` and says what failed.
+fn keep(
+    out: &Path,
+    name: &str,
+    (trajectories, records): (Vec<Trajectory>, Vec<EvalRecord>),
+) -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+    let records = &records;
+    let dir = out.join("eval");
+    std::fs::create_dir_all(&dir)?;
+    let file = std::fs::File::create(dir.join(format!("{name}.trajectories.jsonl")))?;
+    mtrl_core::write_jsonl(std::io::BufWriter::new(file), &trajectories)?;
+    let file = std::fs::File::create(dir.join(format!("{name}.jsonl")))?;
+    mtrl_core::write_jsonl(std::io::BufWriter::new(file), records)?;
+    let mut kinds = std::collections::BTreeMap::new();
+    for r in records {
+        if let Some(f) = &r.evaluation.failure {
+            *kinds.entry(f.kind.clone()).or_insert(0usize) += 1;
+        }
+    }
+    let ok = successes(records);
+    say(&format!(
+        "{name}: TSR {:.1}% on {} held-out tasks; failures {kinds:?}",
+        100.0 * ok.iter().sum::<f64>() / ok.len().max(1) as f64,
+        ok.len()
+    ));
+    Ok(ok)
+}
+
+fn say(text: &str) {
+    eprintln!("[quickstart] {text}");
+}
+
+/// Runs the quickstart.
+///
+/// # Errors
+/// Any stage's error, described.
+pub async fn run(opts: &QuickstartOptions) -> Result<QuickstartReport, Box<dyn std::error::Error>> {
+    let start = Instant::now();
+    std::fs::create_dir_all(&opts.out)?;
+    let all = returns_desk::tasks(
+        opts.train_tasks + opts.val_tasks + opts.test_tasks,
+        opts.seed,
+    );
+    let (train, rest) = all.split_at(opts.train_tasks);
+    let (val, test) = rest.split_at(opts.val_tasks);
+    let (train, val, test) = (train.to_vec(), val.to_vec(), test.to_vec());
+    let factory = returns_desk::environments()?;
+    let (tokenizer, template) = returns_desk::tokenizer_and_template()?;
+    let (tokenizer, template) = (Arc::new(tokenizer), Arc::new(template));
+    let expert = Expert::new(tokenizer.clone(), template.clone());
+    let limits = Limits {
+        max_turns: 4,
+        max_tokens_per_turn: Some(48),
+        ..Limits::default()
+    };
+
+    say(&format!(
+        "domain {}: {} training, {} validation, {} held-out tasks",
+        returns_desk::NAME,
+        train.len(),
+        val.len(),
+        test.len()
+    ));
+    let audit = mtrl_env::audit::Audit::new(returns_desk::NAME)
+        .served(factory.served().map(str::to_string))
+        .max_turns(limits.max_turns)
+        .run(&factory, &expert, &train[..train.len().min(32)])
+        .await;
+    let audit_findings: Vec<String> = audit
+        .findings
+        .iter()
+        .map(|f| format!("{}: {}", f.check.as_str(), f.summary))
+        .collect();
+    say(&format!(
+        "audit (determinism, seed-dependence, answer leaks, schema, coverage): {}",
+        if audit_findings.is_empty() {
+            "passed".to_string()
+        } else {
+            audit_findings.join("; ")
+        }
+    ));
+
+    let config = policy_config(tokenizer.vocab_size());
+    let params = Params::random(&config, opts.seed, &Device::Cpu)?;
+    let model = Arc::new(CausalLm::new(config, params, &Device::Cpu)?);
+    let engine = EngineConfig {
+        max_batch: 128,
+        gather: std::time::Duration::from_millis(5),
+        ..EngineConfig::default()
+    };
+    let sampling = SamplingParams {
+        max_tokens: 48,
+        ..SamplingParams::default()
+    };
+    let agent = CandleAgent::with_parts(
+        model.clone(),
+        tokenizer.clone(),
+        template.clone(),
+        sampling,
+        engine,
+    );
+    let greedy = CandleAgent::with_parts(
+        model.clone(),
+        tokenizer.clone(),
+        template.clone(),
+        SamplingParams::greedy(48),
+        engine,
+    );
+    let mut train_config = TrainConfig {
+        seed: opts.seed,
+        steps: opts.rl_steps,
+        tasks_per_step: opts.tasks_per_step,
+        group_size: opts.group_size,
+        updates_per_step: 1,
+        micro_batch: 32,
+        max_grad_norm: 1.0,
+        estimator: Estimator::Grpo,
+        loss: PpoClip::default(),
+        aggregation: Aggregation::TokenMean,
+        recompute_old_logprobs: false,
+        eval_every: 20,
+        checkpoint_every: 0,
+        concurrency: 128,
+        ..TrainConfig::default()
+    };
+    train_config.optimizer.lr = opts.lr;
+    let metrics_path = opts.out.join("metrics.jsonl");
+    let mut trainer = Trainer::builder(model.clone(), agent, factory.clone())
+        .reward(Arc::new(ExactMatch::new()))
+        .evaluator(Arc::new(FinalOutputEvaluator::new()))
+        .eval_agent(Arc::new(greedy))
+        .tasks(train.clone(), val)
+        .limits(limits.clone())
+        .config(train_config)
+        .sink(Box::new(JsonlSink::create(&metrics_path)?))
+        .build()?;
+
+    let untrained = keep(
+        &opts.out,
+        "untrained",
+        trainer.evaluate_episodes(&test).await?,
+    )?;
+    let untrained_tsr = untrained.iter().sum::<f64>() / untrained.len().max(1) as f64;
+
+    let demo_tasks: Vec<Task> = train[..opts.demonstrations.min(train.len())].to_vec();
+    let demos: Vec<Trajectory> = RolloutDriver::new(limits.clone())
+        .with_seed(opts.seed)
+        .run_batch(&expert, &factory, &demo_tasks, 1)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    if let Some(seq) = demos
+        .first()
+        .and_then(|d| d.sequences().ok()?.into_iter().next())
+    {
+        let trained = seq.loss_mask.iter().filter(|m| **m).count();
+        say(&format!(
+            "a demonstration is {} tokens, {trained} of them trained (see demonstration.txt)",
+            seq.ids.len()
+        ));
+        std::fs::write(
+            opts.out.join("demonstration.txt"),
+            tokenizer.decode(&seq.ids)?,
+        )?;
+    }
+    let t = Instant::now();
+    let sft_log = trainer.sft(&demos, opts.sft_epochs, 16, opts.sft_lr)?;
+    let sft_loss = sft_log
+        .last()
+        .and_then(|m| m.get(mtrl_eval::monitor::names::TRAIN_LOSS))
+        .unwrap_or(f64::NAN);
+    say(&format!(
+        "SFT: {} demonstrations x {} epochs, {} updates, final loss {sft_loss:.3} ({:.0} s)",
+        demos.len(),
+        opts.sft_epochs,
+        sft_log.len(),
+        t.elapsed().as_secs_f64()
+    ));
+    let sft = keep(&opts.out, "sft", trainer.evaluate_episodes(&test).await?)?;
+
+    let t = Instant::now();
+    trainer.run(None).await?;
+    say(&format!(
+        "GRPO: {} steps of {} tasks x {} samples ({:.0} s)",
+        opts.rl_steps,
+        opts.tasks_per_step,
+        opts.group_size,
+        t.elapsed().as_secs_f64()
+    ));
+    let grpo = keep(&opts.out, "grpo", trainer.evaluate_episodes(&test).await?)?;
+    let checkpoint = opts.out.join("checkpoint");
+    trainer.save_checkpoint(&checkpoint)?;
+
+    let common = returns_desk::most_common(&train);
+    let baseline: Vec<f64> = test
+        .iter()
+        .map(|t| f64::from(u8::from(t.ground_truth()["decision"] == common)))
+        .collect();
+    let boot = Bootstrap {
+        seed: opts.seed,
+        ..Bootstrap::default()
+    };
+    let diff = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x - y).collect() };
+    let rows = vec![
+        Row {
+            name: format!("most common answer ({common})"),
+            tsr: boot.estimate(&baseline)?,
+        },
+        Row {
+            name: "SFT only".into(),
+            tsr: boot.estimate(&sft)?,
+        },
+        Row {
+            name: "SFT + GRPO".into(),
+            tsr: boot.estimate(&grpo)?,
+        },
+    ];
+    let alarm = HackingAlarm::new(AlarmConfig::default());
+    let alarms: Vec<String> = alarm
+        .scan(trainer.history())
+        .iter()
+        .map(|a| format!("{} at step {}", a.kind.as_str(), a.step))
+        .collect();
+    let files = Report::new("mtrl quickstart: returns_desk")
+        .history(trainer.history())
+        .alarms(alarm.scan(trainer.history()))
+        .write(opts.out.join("report"))?;
+    Ok(QuickstartReport {
+        gain_over_sft: boot.estimate(&diff(&grpo, &sft))?,
+        gain_over_baseline: boot.estimate(&diff(&grpo, &baseline))?,
+        rows,
+        untrained: untrained_tsr,
+        alarms,
+        audit_findings,
+        seconds: start.elapsed().as_secs_f64(),
+        report: files.html,
+        metrics: metrics_path,
+    })
+}
+
+/// Where the quickstart writes by default.
+pub fn default_out() -> PathBuf {
+    Path::new("runs").join("quickstart")
+}
