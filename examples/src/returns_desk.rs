@@ -21,6 +21,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use mtrl_core::rollout::{SplitMix64, derive_seed};
 use mtrl_core::{Action, Agent, Finish, Message, Task, ToolSpec, TurnContext};
 use mtrl_env::{ToolContext, ToolEnvironmentBuilder, ToolEnvironmentFactory, ToolOutput, tool_fn};
 use mtrl_train::toolcall::{Hermes, ToolCallFormat};
@@ -67,40 +68,24 @@ pub fn decide(condition: &str, window: &str) -> &'static str {
     }
 }
 
-/// SplitMix64, for the generator.
-struct Mix(u64);
-
-impl Mix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[(self.next() % items.len() as u64) as usize]
-    }
+fn pick<'a>(rng: &mut SplitMix64, items: &[&'a str]) -> &'a str {
+    items[rng.below(items.len() as u64) as usize]
 }
 
 /// `n` tasks (at most 1,000: one per order id `R000`–`R999`), generated from `seed`. Each
 /// task's inputs are `{"order_id"}`, its ground truth `{"decision"}`, and its metadata the
 /// order record the tool serves.
 pub fn tasks(n: usize, seed: u64) -> Vec<Task> {
-    let mut rng = Mix(seed ^ 0x7E7A_55DE_5C00_0001);
+    let mut rng = SplitMix64::new(derive_seed(seed, NAME, 0));
     let mut ids: Vec<u32> = (0..1000).collect();
-    for i in (1..ids.len()).rev() {
-        let j = (rng.next() % (i as u64 + 1)) as usize;
-        ids.swap(i, j);
-    }
+    rng.shuffle(&mut ids);
     ids.into_iter()
         .take(n.min(1000))
         .map(|i| {
             let id = format!("R{i:03}");
-            let condition = rng.pick(&CONDITIONS);
-            let window = rng.pick(&WINDOWS);
-            let category = rng.pick(&CATEGORIES);
+            let condition = pick(&mut rng, &CONDITIONS);
+            let window = pick(&mut rng, &WINDOWS);
+            let category = pick(&mut rng, &CATEGORIES);
             let record = json!({
                 "order_id": id,
                 "category": category,
@@ -248,8 +233,7 @@ impl Agent for Expert {
             let text = if ctx.turn_index() == 0 {
                 call_text()
             } else {
-                let mut rng = Mix(ctx.episode.seed);
-                answer_text(rng.pick(&DECISIONS))
+                answer_text(pick(&mut SplitMix64::new(ctx.episode.seed), &DECISIONS))
             };
             let mut ids = self.tokenizer.encode(&text)?;
             ids.extend(self.tokenizer.stop_ids().first().copied());

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Tensor, Var};
-use mtrl_core::rollout::{Limits, RolloutDriver, derive_seed};
+use mtrl_core::rollout::{Limits, RolloutDriver, SplitMix64, derive_seed};
 use mtrl_core::{Agent, EnvironmentFactory, Evaluator, Reward, RewardValue, Task, Trajectory};
 use mtrl_eval::monitor::{MetricsSink, ScoredRollout, StepMetrics, UsualToolUse, names};
 use mtrl_eval::{EvalRecord, Summary};
@@ -980,20 +980,10 @@ fn record_update(metrics: &mut StepMetrics, u: &UpdateStats, seconds: f64) {
     metrics.set(names::TIME_UPDATE, seconds);
 }
 
-/// A seeded permutation of `0..n` for one epoch (Fisher–Yates over SplitMix64).
+/// A seeded permutation of `0..n` for one epoch.
 fn shuffled(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut state = seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = SplitMix64::new(derive_seed(seed, "epoch", epoch as usize));
     let mut v: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
-    }
+    rng.shuffle(&mut v);
     v
 }
