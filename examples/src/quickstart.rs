@@ -49,6 +49,8 @@ pub struct QuickstartOptions {
     pub sft_lr: f64,
     /// The learning rate of GRPO.
     pub lr: f64,
+    /// The KL coefficient to the SFT checkpoint during GRPO (0: none).
+    pub kl: f64,
 }
 
 impl QuickstartOptions {
@@ -67,6 +69,7 @@ impl QuickstartOptions {
             group_size: 8,
             sft_lr: 3e-3,
             lr: 1e-3,
+            kl: 0.0,
         }
     }
 
@@ -291,7 +294,10 @@ pub async fn run(opts: &QuickstartOptions) -> Result<QuickstartReport, Box<dyn s
         micro_batch: 32,
         max_grad_norm: 1.0,
         estimator: Estimator::Grpo,
-        loss: PpoClip::default(),
+        loss: PpoClip {
+            kl_coef: opts.kl,
+            ..PpoClip::default()
+        },
         aggregation: Aggregation::TokenMean,
         recompute_old_logprobs: false,
         eval_every: 20,
@@ -355,6 +361,9 @@ pub async fn run(opts: &QuickstartOptions) -> Result<QuickstartReport, Box<dyn s
     ));
     let sft = keep(&opts.out, "sft", trainer.evaluate_episodes(&test).await?)?;
 
+    if opts.kl != 0.0 {
+        trainer.set_reference(Arc::new(model.merged()?));
+    }
     let t = Instant::now();
     trainer.run(None).await?;
     say(&format!(

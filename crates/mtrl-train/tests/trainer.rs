@@ -385,3 +385,32 @@ async fn sft_lowers_the_loss_on_its_demonstrations() {
     }
     assert!(t.sft(&[bare], 1, 1, 1e-2).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kl_term_needs_a_reference_and_is_logged() {
+    let mut c = config();
+    c.loss.kl_coef = 0.1;
+    c.updates_per_step = 1;
+    let m = model(6);
+    let mut t = trainer(m.clone(), c, &["t0", "t1", "t2"]);
+    let err = t.step().await.expect_err("no reference: a typed error");
+    assert!(err.to_string().contains("reference"), "{err}");
+    t.set_reference(Arc::new(m.merged().unwrap()));
+    let mut kls = Vec::new();
+    for _ in 0..4 {
+        let s = t.step().await.unwrap();
+        if s.get(names::TRAIN_TOKENS).unwrap_or(0.0) > 0.0 {
+            kls.push(s.get(names::TRAIN_KL).expect("train/kl logged"));
+        }
+    }
+    assert!(!kls.is_empty(), "no step trained");
+    // The reference equals the policy until the first update: the KL starts at 0, then the
+    // updated policy moves away from it.
+    assert!(kls[0].abs() < 1e-6, "{kls:?}");
+    if kls.len() > 1 {
+        assert!(
+            kls[1..].iter().all(|k| *k > 0.0 && k.is_finite()),
+            "{kls:?}"
+        );
+    }
+}

@@ -54,6 +54,9 @@ struct QuickstartArgs {
     /// Demonstrations for the SFT warm start (overrides the default).
     #[arg(long)]
     demos: Option<usize>,
+    /// KL coefficient to the SFT checkpoint during GRPO (overrides the default).
+    #[arg(long)]
+    kl: Option<f64>,
 }
 
 #[derive(clap::Args)]
@@ -233,6 +236,9 @@ fn run_quickstart(args: QuickstartArgs) -> Result<(), Box<dyn std::error::Error>
     }
     if let Some(demos) = args.demos {
         opts.demonstrations = demos;
+    }
+    if let Some(kl) = args.kl {
+        opts.kl = kl;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

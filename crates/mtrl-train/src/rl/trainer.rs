@@ -295,8 +295,8 @@ impl<A: Agent, F: EnvironmentFactory> TrainerBuilder<A, F> {
     /// The trainer.
     ///
     /// # Errors
-    /// [`Error::Config`] for a bad config, a missing reward or evaluator, no training tasks,
-    /// or a KL term without a reference; a candle error.
+    /// [`Error::Config`] for a bad config, a missing reward or evaluator, or no training
+    /// tasks; a candle error.
     pub fn build(self) -> Result<Trainer<A, F>, Error> {
         self.config.validate()?;
         let reward = self
@@ -307,11 +307,6 @@ impl<A: Agent, F: EnvironmentFactory> TrainerBuilder<A, F> {
             .ok_or_else(|| Error::Config("the trainer needs an evaluator".into()))?;
         if self.train.is_empty() {
             return Err(Error::Config("no training tasks".into()));
-        }
-        if self.config.loss.kl_coef != 0.0 && self.reference.is_none() {
-            return Err(Error::Config(
-                "kl_coef is set but the trainer has no reference model".into(),
-            ));
         }
         let vars = self.model.trainable();
         let optimizer = AdamW::new(vars.clone(), self.config.optimizer.clone())?;
@@ -406,6 +401,12 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
         &self.model
     }
 
+    /// Sets (or replaces) the frozen reference policy of the KL term — for example a copy of
+    /// the policy after its SFT warm start ([`CausalLm::merged`] makes one).
+    pub fn set_reference(&mut self, model: Arc<CausalLm>) {
+        self.reference = Some(model);
+    }
+
     /// The next `tasks_per_step` training tasks: epochs of seeded shuffles.
     fn next_tasks(&mut self) -> Vec<Task> {
         let mut out = Vec::with_capacity(self.config.tasks_per_step);
@@ -427,9 +428,16 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
     /// update. Returns the step's metrics (also sent to the sink and kept in the history).
     ///
     /// # Errors
-    /// Only for what makes the run itself impossible (a tensor error in the update, a sink
-    /// that cannot write); never for a bad episode.
+    /// Only for what makes the run itself impossible (a KL term without a reference, a tensor
+    /// error in the update, a sink that cannot write); never for a bad episode.
     pub async fn step(&mut self) -> Result<StepMetrics, Error> {
+        if self.config.loss.kl_coef != 0.0 && self.reference.is_none() {
+            return Err(Error::Config(
+                "kl_coef is set but the trainer has no reference model (builder's reference, \
+                 or set_reference)"
+                    .into(),
+            ));
+        }
         let step = self.state.step;
         let mut metrics = StepMetrics::new(step + 1);
         let tasks = self.next_tasks();

@@ -1,0 +1,145 @@
+//! Train-step benchmark: forward, backward and an AdamW update of the differentiable path, for
+//! SmolLM2-135M (GGUF dequantized to f32) with LoRA (rank 8 on q, k, v, o) and with full
+//! fine-tuning, on `batch × length` token sequences whose every position is trained. Prints one
+//! JSON object (and writes it to the first argument, if given).
+//!
+//! `cargo run --release -p mtrl-train --example bench_train [out.json] [--random]
+//! [--batch B] [--length T] [--steps N]`
+//! (`--random`: random weights of SmolLM2's shape; CUDA: build with `--features cuda`.)
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use mtrl_train::model::{
+    Architecture, CausalLm, Lora, LoraConfig, ModelConfig, ModelSource, Module, Params,
+};
+use mtrl_train::rl::{AdamW, AdamWConfig, Grads};
+use serde_json::json;
+
+fn arg(args: &[String], name: &str, default: usize) -> usize {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn smollm2_shape() -> ModelConfig {
+    ModelConfig {
+        architecture: Architecture::Llama,
+        vocab_size: 49_152,
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_layers: 30,
+        num_heads: 9,
+        num_kv_heads: 3,
+        head_dim: 64,
+        rope_theta: 100_000.0,
+        rms_norm_eps: 1e-5,
+        max_position_embeddings: 8192,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        qk_norm: false,
+    }
+}
+
+fn load(random: bool, device: &Device) -> Result<CausalLm, Box<dyn std::error::Error>> {
+    Ok(if random {
+        let config = smollm2_shape();
+        let params = Params::random(&config, 0, device)?;
+        CausalLm::new(config, params, device)?
+    } else {
+        ModelSource::Gguf(mtrl_train::assets::smollm2_gguf()?)
+            .load(device)?
+            .model
+    })
+}
+
+/// Seconds per step (median of `steps` after one warm-up step).
+fn time_steps(
+    model: &CausalLm,
+    ids: &Tensor,
+    at: &[(usize, usize)],
+    steps: usize,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let vars = model.trainable();
+    let mut opt = AdamW::new(
+        vars.clone(),
+        AdamWConfig {
+            lr: 1e-5,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let mut times = Vec::new();
+    for i in 0..=steps {
+        let t = Instant::now();
+        let (lp, _) = model.next_token_logprobs(ids, at)?;
+        let loss = lp.neg()?.mean_all()?;
+        let mut grads = Grads::new();
+        grads.add(&loss.backward()?, &vars)?;
+        grads.clip(1.0)?;
+        opt.step(&grads, 1e-5)?;
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let random = args.iter().any(|a| a == "--random");
+    let valued = ["--batch", "--length", "--steps"];
+    let out_path = args
+        .iter()
+        .enumerate()
+        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || !valued.contains(&args[i - 1].as_str())))
+        .map(|(_, a)| a.clone());
+    let batch = arg(&args, "--batch", 2);
+    let length = arg(&args, "--length", 256);
+    let steps = arg(&args, "--steps", 3);
+    let device = Device::cuda_if_available(0)?;
+    let vocab = 40_000u32;
+    let ids: Vec<u32> = (0..batch * length)
+        .map(|i| (i as u32).wrapping_mul(7919).wrapping_add(17) % vocab)
+        .collect();
+    let ids = Tensor::from_vec(ids, (batch, length), &device)?;
+    let at: Vec<(usize, usize)> = (0..batch)
+        .flat_map(|r| (0..length - 1).map(move |p| (r, p)))
+        .collect();
+    let tokens = (batch * length) as f64;
+
+    let lora_model = load(random, &device)?;
+    let lora = Lora::new(
+        LoraConfig {
+            rank: 8,
+            alpha: 16.0,
+            targets: vec![Module::Q, Module::K, Module::V, Module::O],
+        },
+        lora_model.config(),
+        0,
+        &device,
+    )?;
+    let lora_model = lora_model.with_lora(lora)?;
+    let lora_s = time_steps(&lora_model, &ids, &at, steps)?;
+    drop(lora_model);
+    let full_model = load(random, &device)?;
+    let full_s = time_steps(&full_model, &ids, &at, steps)?;
+
+    let figures = json!({
+        "device": format!("{device:?}"),
+        "model": if random { "random weights, SmolLM2-135M shape, f32" } else { "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to f32)" },
+        "rayon_num_threads": std::env::var("RAYON_NUM_THREADS").ok(),
+        "batch": batch,
+        "length": length,
+        "lora_r8_qkvo": {"step_s": lora_s, "tokens_per_s": tokens / lora_s},
+        "full_fine_tuning": {"step_s": full_s, "tokens_per_s": tokens / full_s},
+    });
+    let text = serde_json::to_string_pretty(&figures)?;
+    println!("{text}");
+    if let Some(path) = out_path {
+        std::fs::write(path, text)?;
+    }
+    Ok(())
+}
