@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use mtrl_train::engine::{EngineConfig, GenRequest, Generator};
-use mtrl_train::model::{Architecture, CausalLm, ModelConfig, ModelSource, Params};
+use mtrl_train::model::{CausalLm, ModelConfig, ModelSource, Params};
 use mtrl_train::sampler::{Sampler, SamplingParams};
 use serde_json::json;
 
@@ -56,7 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_path = args.iter().find(|a| !a.starts_with("--")).cloned();
     let device = Device::cuda_if_available(0)?;
     let (model, prompt) = if random {
-        let config = smollm2_shape();
+        let config = ModelConfig::smollm2_135m();
         let params = Params::random(&config, 0, &device)?;
         let prompt: Vec<u32> = (0..24u32).map(|i| 100 + i * 37).collect();
         (CausalLm::new(config, params, &device)?, prompt)
@@ -140,24 +140,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(path, text)?;
     }
     Ok(())
-}
-
-/// SmolLM2-135M's shape.
-fn smollm2_shape() -> ModelConfig {
-    ModelConfig {
-        architecture: Architecture::Llama,
-        vocab_size: 49_152,
-        hidden_size: 576,
-        intermediate_size: 1536,
-        num_layers: 30,
-        num_heads: 9,
-        num_kv_heads: 3,
-        head_dim: 64,
-        rope_theta: 100_000.0,
-        rms_norm_eps: 1e-5,
-        max_position_embeddings: 8192,
-        tie_word_embeddings: true,
-        attention_bias: false,
-        qk_norm: false,
-    }
 }

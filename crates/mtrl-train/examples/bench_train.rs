@@ -10,9 +10,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use mtrl_train::model::{
-    Architecture, CausalLm, Lora, LoraConfig, ModelConfig, ModelSource, Module, Params,
-};
+use mtrl_train::model::{CausalLm, Lora, LoraConfig, ModelConfig, ModelSource, Module, Params};
 use mtrl_train::rl::{AdamW, AdamWConfig, Grads};
 use serde_json::json;
 
@@ -24,28 +22,9 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn smollm2_shape() -> ModelConfig {
-    ModelConfig {
-        architecture: Architecture::Llama,
-        vocab_size: 49_152,
-        hidden_size: 576,
-        intermediate_size: 1536,
-        num_layers: 30,
-        num_heads: 9,
-        num_kv_heads: 3,
-        head_dim: 64,
-        rope_theta: 100_000.0,
-        rms_norm_eps: 1e-5,
-        max_position_embeddings: 8192,
-        tie_word_embeddings: true,
-        attention_bias: false,
-        qk_norm: false,
-    }
-}
-
 fn load(random: bool, device: &Device) -> Result<CausalLm, Box<dyn std::error::Error>> {
     Ok(if random {
-        let config = smollm2_shape();
+        let config = ModelConfig::smollm2_135m();
         let params = Params::random(&config, 0, device)?;
         CausalLm::new(config, params, device)?
     } else {

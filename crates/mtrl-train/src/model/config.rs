@@ -125,6 +125,26 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// SmolLM2-135M's shape (for random-weight benchmarks on machines without the GGUF).
+    pub fn smollm2_135m() -> Self {
+        Self {
+            architecture: Architecture::Llama,
+            vocab_size: 49_152,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_layers: 30,
+            num_heads: 9,
+            num_kv_heads: 3,
+            head_dim: 64,
+            rope_theta: 100_000.0,
+            rms_norm_eps: 1e-5,
+            max_position_embeddings: 8192,
+            tie_word_embeddings: true,
+            attention_bias: false,
+            qk_norm: false,
+        }
+    }
+
     /// A tiny Llama-shaped config, for tests.
     pub fn tiny(architecture: Architecture) -> Self {
         Self {

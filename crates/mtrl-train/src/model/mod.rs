@@ -181,12 +181,18 @@ impl CausalLm {
     /// # Errors
     /// A candle error (for example ids out of the vocabulary range).
     pub fn forward_train(&self, ids: &Tensor) -> Result<Tensor, Error> {
+        self.logits(Path::Train, &self.hidden_train(ids)?)
+    }
+
+    /// The differentiable path's final hidden states for ids `[batch, time]`, each row
+    /// starting at position 0 under a causal mask.
+    fn hidden_train(&self, ids: &Tensor) -> Result<Tensor, Error> {
         let (b, t) = ids.dims2()?;
         let positions = Tensor::arange(0u32, t as u32, &self.device)?
             .unsqueeze(0)?
             .repeat((b, 1))?;
         let mask = causal_mask(b, t, 0, &vec![0; b], &self.device)?;
-        self.forward(Path::Train, ids, &positions, mask.as_ref(), None)
+        self.hidden(Path::Train, ids, &positions, mask.as_ref(), None)
     }
 
     /// Logits `[batch, time, vocab]` for the next `[batch, time]` ids, through the fused path,
@@ -259,13 +265,17 @@ impl CausalLm {
         mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor, Error> {
-        let (b, t) = ids.dims2()?;
         let x = self.hidden(path, ids, positions, mask, cache)?;
-        let w = self.weights(path);
+        self.logits(path, &x)
+    }
+
+    /// Logits `[batch, time, vocab]` of final hidden states `[batch, time, hidden]`.
+    fn logits(&self, path: Path, x: &Tensor) -> Result<Tensor, Error> {
+        let (b, t, h) = x.dims3()?;
         let logits = project(
             path,
-            &x.reshape((b * t, self.config.hidden_size))?,
-            &w.lm_head,
+            &x.reshape((b * t, h))?,
+            &self.weights(path).lm_head,
             None,
         )?;
         Ok(logits.reshape((b, t, self.config.vocab_size))?)
@@ -305,11 +315,7 @@ impl CausalLm {
             rows.push((r * t + p) as u32);
             targets.push(flat_ids[r * t + p + 1]);
         }
-        let positions = Tensor::arange(0u32, t as u32, &self.device)?
-            .unsqueeze(0)?
-            .repeat((b, 1))?;
-        let mask = causal_mask(b, t, 0, &vec![0; b], &self.device)?;
-        let x = self.hidden(Path::Train, ids, &positions, mask.as_ref(), None)?;
+        let x = self.hidden_train(ids)?;
         let n = at.len();
         let rows = Tensor::from_vec(rows, n, &self.device)?;
         let picked = x.reshape((b * t, h))?.index_select(&rows, 0)?;
