@@ -20,7 +20,7 @@ use mtrl_train::model::{Architecture, CausalLm, ModelConfig, Params};
 use mtrl_train::rl::{Aggregation, Estimator, PpoClip, TrainConfig, Trainer};
 use mtrl_train::sampler::SamplingParams;
 
-use crate::returns_desk::{self, Expert};
+use crate::returns_desk::{self, Decisions, Expert};
 
 /// The sizes of a quickstart run.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +51,8 @@ pub struct QuickstartOptions {
     pub lr: f64,
     /// The KL coefficient to the SFT checkpoint during GRPO (0: none).
     pub kl: f64,
+    /// How the demonstrations decide (random by default: SFT teaches the procedure only).
+    pub demo_decisions: Decisions,
 }
 
 impl QuickstartOptions {
@@ -70,6 +72,7 @@ impl QuickstartOptions {
             sft_lr: 3e-3,
             lr: 1e-3,
             kl: 0.0,
+            demo_decisions: Decisions::Random,
         }
     }
 
@@ -325,9 +328,11 @@ pub async fn run(opts: &QuickstartOptions) -> Result<QuickstartReport, Box<dyn s
     let untrained_tsr = untrained.iter().sum::<f64>() / untrained.len().max(1) as f64;
 
     let demo_tasks: Vec<Task> = train[..opts.demonstrations.min(train.len())].to_vec();
+    let demonstrator =
+        Expert::new(tokenizer.clone(), template.clone()).deciding(opts.demo_decisions);
     let demos: Vec<Trajectory> = RolloutDriver::new(limits.clone())
         .with_seed(opts.seed)
-        .run_batch(&expert, &factory, &demo_tasks, 1)
+        .run_batch(&demonstrator, &factory, &demo_tasks, 1)
         .await
         .into_iter()
         .flatten()
@@ -348,16 +353,26 @@ pub async fn run(opts: &QuickstartOptions) -> Result<QuickstartReport, Box<dyn s
     }
     let t = Instant::now();
     let sft_log = trainer.sft(&demos, opts.sft_epochs, 16, opts.sft_lr)?;
+    let sft_metrics = opts.out.join("sft_metrics.jsonl");
+    {
+        use mtrl_eval::monitor::MetricsSink;
+        let mut sink = JsonlSink::create(&sft_metrics)?;
+        for m in &sft_log {
+            sink.write(m)?;
+        }
+    }
     let sft_loss = sft_log
         .last()
         .and_then(|m| m.get(mtrl_eval::monitor::names::TRAIN_LOSS))
         .unwrap_or(f64::NAN);
     say(&format!(
-        "SFT: {} demonstrations x {} epochs, {} updates, final loss {sft_loss:.3} ({:.0} s)",
+        "SFT: {} demonstrations x {} epochs, {} updates, final loss {sft_loss:.3} ({:.0} s; \
+         per-update metrics in {})",
         demos.len(),
         opts.sft_epochs,
         sft_log.len(),
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        sft_metrics.display()
     ));
     let sft = keep(&opts.out, "sft", trainer.evaluate_episodes(&test).await?)?;
 

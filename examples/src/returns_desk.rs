@@ -202,22 +202,54 @@ pub fn answer_text(decision: &str) -> String {
     format!("<final_output>{{\"decision\": \"{decision}\"}}</final_output>")
 }
 
-/// The demonstrator: the procedure's tool call, then a strict answer
-/// whose decision is drawn at random (seeded by the episode), through the same token
+/// How a demonstrator picks its decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decisions {
+    /// At random, seeded by the episode: the demonstrations teach the procedure only.
+    Random,
+    /// By the SOP, from the record the tool returned: a full expert (to show that the policy
+    /// can represent the logic, not for the quickstart's warm start).
+    Correct,
+}
+
+/// The demonstrator: the procedure's tool call, then a strict answer, through the same token
 /// bookkeeping as the policy (each text encoded as if sampled, logprob 0).
 pub struct Expert {
     tokenizer: Arc<Tokenizer>,
     template: Arc<ChatTemplate>,
+    decisions: Decisions,
 }
 
 impl Expert {
-    /// A demonstrator over the policy's tokenizer and template.
+    /// A demonstrator over the policy's tokenizer and template whose decisions are random.
     pub fn new(tokenizer: Arc<Tokenizer>, template: Arc<ChatTemplate>) -> Self {
         Self {
             tokenizer,
             template,
+            decisions: Decisions::Random,
         }
     }
+
+    /// The same demonstrator, deciding as `decisions` says.
+    pub fn deciding(mut self, decisions: Decisions) -> Self {
+        self.decisions = decisions;
+        self
+    }
+}
+
+/// The SOP's decision from the latest tool message of `messages`, if it holds a record.
+fn decision_from_record(messages: &[Message]) -> Option<&'static str> {
+    let text = messages
+        .iter()
+        .rev()
+        .find(|m| m.role == mtrl_core::Role::Tool)?
+        .content
+        .as_str();
+    let record: Value = serde_json::from_str(text).ok()?;
+    Some(decide(
+        record.get("condition")?.as_str()?,
+        record.get("window")?.as_str()?,
+    ))
 }
 
 #[async_trait]
@@ -233,7 +265,11 @@ impl Agent for Expert {
             let text = if ctx.turn_index() == 0 {
                 call_text()
             } else {
-                answer_text(pick(&mut SplitMix64::new(ctx.episode.seed), &DECISIONS))
+                let random = || pick(&mut SplitMix64::new(ctx.episode.seed), &DECISIONS);
+                answer_text(match self.decisions {
+                    Decisions::Random => random(),
+                    Decisions::Correct => decision_from_record(ctx.messages).unwrap_or_else(random),
+                })
             };
             let mut ids = self.tokenizer.encode(&text)?;
             ids.extend(self.tokenizer.stop_ids().first().copied());

@@ -188,30 +188,45 @@ fn untimed(m: &StepMetrics) -> StepMetrics {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_on_policy_update_has_a_ratio_of_exactly_one() {
-    let mut c = config();
-    c.updates_per_step = 1;
-    let mut t = trainer(model(1), c, &["t0", "t1", "t2", "t3"]);
-    let mut trained = false;
-    for _ in 0..3 {
-        let m = t.step().await.unwrap();
-        if m.get(names::TRAIN_TOKENS).unwrap_or(0.0) > 0.0 {
-            assert_eq!(m.get(names::TRAIN_RATIO_MAX), Some(1.0), "{m:?}");
-            assert_eq!(m.get(names::TRAIN_RATIO_MIN), Some(1.0), "{m:?}");
-            assert_eq!(m.get(names::TRAIN_CLIP_FRAC), Some(0.0));
-            // The stored rollout logprobs and the training forward agree closely (this caught
-            // the engine reusing keys and values cached before an update).
-            let kl = m.get(names::TRAIN_MISMATCH_KL).unwrap();
-            assert!(kl.abs() < 1e-4, "mismatch KL {kl}");
-            assert!(m.get(names::TRAIN_MISMATCH_MAX).unwrap() < 1e-3);
-            assert!(m.get(names::TRAIN_ENTROPY).unwrap() > 0.0);
-            assert!(m.get(names::TRAIN_GRAD_NORM).unwrap() > 0.0);
-            trained = true;
+    for recompute in [true, false] {
+        let mut c = config();
+        c.updates_per_step = 1;
+        c.recompute_old_logprobs = recompute;
+        let mut t = trainer(model(1), c, &["t0", "t1", "t2", "t3"]);
+        let mut trained = false;
+        for _ in 0..3 {
+            let m = t.step().await.unwrap();
+            if m.get(names::TRAIN_TOKENS).unwrap_or(0.0) > 0.0 {
+                let (max, min) = (
+                    m.get(names::TRAIN_RATIO_MAX).unwrap(),
+                    m.get(names::TRAIN_RATIO_MIN).unwrap(),
+                );
+                if recompute {
+                    assert_eq!((max, min), (1.0, 1.0), "{m:?}");
+                } else {
+                    // Against the stored rollout logprobs: 1 up to the two paths' rounding.
+                    assert!(
+                        (max - 1.0).abs() < 1e-3 && (min - 1.0).abs() < 1e-3,
+                        "{m:?}"
+                    );
+                }
+                assert_eq!(m.get(names::TRAIN_CLIP_FRAC), Some(0.0));
+                // The stored rollout logprobs and the training forward agree closely (this
+                // caught the engine reusing keys and values cached before an update); without
+                // the recomputing pass, the gradient pass measures it.
+                let kl = m.get(names::TRAIN_MISMATCH_KL).unwrap();
+                assert!(kl.abs() < 1e-4, "mismatch KL {kl}");
+                assert!(m.get(names::TRAIN_MISMATCH_MAX).unwrap() < 1e-3);
+                assert!(m.get(names::TRAIN_ENTROPY).unwrap() > 0.0);
+                assert!(m.get(names::TRAIN_GRAD_NORM).unwrap() > 0.0);
+                trained = true;
+            }
+            for key in [names::TIME_ROLLOUT, names::TIME_REWARD, names::TIME_UPDATE] {
+                assert!(m.get(key).is_some(), "{key} missing");
+            }
         }
-        for key in [names::TIME_ROLLOUT, names::TIME_REWARD, names::TIME_UPDATE] {
-            assert!(m.get(key).is_some(), "{key} missing");
-        }
+        assert!(trained, "no step had a group with reward variance");
     }
-    assert!(trained, "no step had a group with reward variance");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,6 +57,10 @@ struct QuickstartArgs {
     /// KL coefficient to the SFT checkpoint during GRPO (overrides the default).
     #[arg(long)]
     kl: Option<f64>,
+    /// Demonstrations that decide by the SOP instead of at random (a control: it shows what
+    /// SFT alone reaches when the demonstrations carry the decision logic).
+    #[arg(long)]
+    correct_demos: bool,
 }
 
 #[derive(clap::Args)]
@@ -239,6 +243,9 @@ fn run_quickstart(args: QuickstartArgs) -> Result<(), Box<dyn std::error::Error>
     }
     if let Some(kl) = args.kl {
         opts.kl = kl;
+    }
+    if args.correct_demos {
+        opts.demo_decisions = mtrl_examples::returns_desk::Decisions::Correct;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

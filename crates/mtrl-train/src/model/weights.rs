@@ -35,7 +35,10 @@ impl Params {
         Ok(Self { vars, index })
     }
 
-    /// Random parameters for `config` (normal, std 0.02; norms at 1), seeded, for tests.
+    /// Random parameters for `config`, seeded: near-normal matrices with std `1/√fan_in` (the
+    /// input width of each projection, the hidden size for the embeddings), so that a model
+    /// trained from scratch starts with attention scores and logits of order one rather than
+    /// near a saddle; norms near 1, biases small.
     ///
     /// # Errors
     /// A candle error.
@@ -51,11 +54,15 @@ impl Params {
                     .map(|_| 1.0 + 0.1 * (uniform(&mut rng) - 0.5))
                     .collect()
             } else {
-                // Sum of four uniforms: near-normal, std 0.02.
+                let std = match shape.as_slice() {
+                    [_, fan_in] => 1.0 / (*fan_in as f32).sqrt(),
+                    _ => 0.02,
+                };
+                // Sum of four uniforms: near-normal.
                 (0..n)
                     .map(|_| {
                         let s: f32 = (0..4).map(|_| uniform(&mut rng)).sum::<f32>() - 2.0;
-                        s * 0.02 / (4.0f32 / 12.0).sqrt()
+                        s * std / (4.0f32 / 12.0).sqrt()
                     })
                     .collect()
             };

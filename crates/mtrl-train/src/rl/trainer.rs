@@ -52,7 +52,9 @@ pub struct TrainConfig {
     /// Loss aggregation.
     pub aggregation: Aggregation,
     /// Recompute the old policy's logprobs with the training forward before updating (the PPO
-    /// ratio is then exactly 1 at the first update). Off: use the logprobs stored at sampling.
+    /// ratio is then exactly 1 at the first update). Off: use the logprobs stored at sampling,
+    /// and save that forward pass; the mismatch and entropy metrics then come from the first
+    /// mini-batch's gradient pass (all tokens when `updates_per_step` is 1).
     pub recompute_old_logprobs: bool,
     /// Validate every this many steps (0: only before training and at the end).
     pub eval_every: usize,
@@ -865,9 +867,11 @@ fn update(
     let device = model.device().clone();
     let per = samples.len().div_ceil(plan.updates);
     let minis: Vec<&[Sample]> = samples.chunks(per).collect();
-    // Old and reference logprobs of every mini-batch, before any update.
+    // Rollout-versus-trainer mismatch and entropy, from the trainer's logprobs before any
+    // update of this step.
+    let mut measure = Measure::default();
+    // Old (when recomputed) and reference logprobs of every mini-batch, before any update.
     let mut prepared = Vec::with_capacity(minis.len());
-    let (mut ent_sum, mut mm_sum, mut tok) = (0f64, 0f64, 0usize);
     for mini in &minis {
         let lengths: Vec<usize> = mini.iter().map(|s| s.at.len()).collect();
         let weights = plan.aggregation.weights(&lengths);
@@ -875,18 +879,10 @@ fn update(
         let mut olds = Vec::with_capacity(micros.len());
         let mut refs = Vec::with_capacity(micros.len());
         for m in &micros {
-            let (lp, entropy) = model.next_token_logprobs(&m.ids, &m.at)?;
-            let lp = lp.detach();
-            let trainer: Vec<f32> = lp.to_vec1()?;
-            for (a, b) in m.rollout.iter().zip(&trainer) {
-                let d = (*a - *b) as f64;
-                // k3 estimate of KL(rollout ‖ trainer) from tokens the rollout sampled.
-                mm_sum += (-d).exp() + d - 1.0;
-                stats.mismatch_max = stats.mismatch_max.max(d.abs());
-            }
-            ent_sum += entropy.sum_all()?.to_scalar::<f32>()? as f64;
-            tok += m.at.len();
             olds.push(if plan.recompute_old {
+                let (lp, entropy) = model.next_token_logprobs(&m.ids, &m.at)?;
+                let lp = lp.detach();
+                measure.add(m, &lp, &entropy)?;
                 lp
             } else {
                 Tensor::new(m.rollout.as_slice(), &device)?
@@ -898,14 +894,16 @@ fn update(
         }
         prepared.push((micros, olds, refs));
     }
-    stats.tokens = tok;
-    stats.entropy = ent_sum / tok.max(1) as f64;
-    stats.mismatch_kl = mm_sum / tok.max(1) as f64;
     for (u, (micros, olds, refs)) in prepared.iter().enumerate() {
         let mut grads = Grads::new();
         let mut finite = true;
         for ((m, old), reference) in micros.iter().zip(olds).zip(refs) {
-            let (lp, _) = model.next_token_logprobs(&m.ids, &m.at)?;
+            let (lp, entropy) = model.next_token_logprobs(&m.ids, &m.at)?;
+            if !plan.recompute_old && u == 0 {
+                // Without a separate pass, the first mini-batch's gradient pass runs before
+                // any update: it measures the mismatch (over that mini-batch's tokens).
+                measure.add(m, &lp.detach(), &entropy)?;
+            }
             let out = loss.loss(&LossBatch {
                 logprobs: &lp,
                 old_logprobs: old,
@@ -945,7 +943,36 @@ fn update(
         optimizer.step(&grads, lr)?;
         model.weights_changed();
     }
+    stats.tokens = samples.iter().map(|s| s.at.len()).sum();
+    stats.entropy = measure.entropy / measure.tokens.max(1) as f64;
+    stats.mismatch_kl = measure.kl / measure.tokens.max(1) as f64;
+    stats.mismatch_max = measure.max;
     Ok(stats)
+}
+
+/// Sums for the mismatch and entropy metrics.
+#[derive(Default)]
+struct Measure {
+    kl: f64,
+    max: f64,
+    entropy: f64,
+    tokens: usize,
+}
+
+impl Measure {
+    /// Adds a micro-batch: the trainer's logprobs `lp` of its tokens and their entropies.
+    fn add(&mut self, m: &Micro, lp: &Tensor, entropy: &Tensor) -> Result<(), Error> {
+        let trainer: Vec<f32> = lp.to_vec1()?;
+        for (a, b) in m.rollout.iter().zip(&trainer) {
+            let d = (*a - *b) as f64;
+            // k3 estimate of KL(rollout ‖ trainer) from tokens the rollout sampled.
+            self.kl += (-d).exp() + d - 1.0;
+            self.max = self.max.max(d.abs());
+        }
+        self.entropy += entropy.sum_all()?.to_scalar::<f32>()? as f64;
+        self.tokens += m.at.len();
+        Ok(())
+    }
 }
 
 fn record_update(metrics: &mut StepMetrics, u: &UpdateStats, seconds: f64) {
