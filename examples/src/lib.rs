@@ -4,5 +4,6 @@
 //! other crate. It also checks the workspace's dependency rule (see `tests/dependency_rule.rs`).
 
 pub mod audit;
+pub mod progress;
 pub mod quickstart;
 pub mod returns_desk;

@@ -20,6 +20,7 @@ use mtrl_train::model::{Architecture, CausalLm, ModelConfig, Params};
 use mtrl_train::rl::{Aggregation, Estimator, PpoClip, TrainConfig, Trainer};
 use mtrl_train::sampler::SamplingParams;
 
+use crate::progress::ProgressSink;
 use crate::returns_desk::{self, Decisions, Expert};
 
 /// The sizes of a quickstart run.
@@ -317,7 +318,11 @@ pub async fn run(opts: &QuickstartOptions) -> Result<QuickstartReport, Box<dyn s
         .tasks(train.clone(), val)
         .limits(limits.clone())
         .config(train_config)
-        .sink(Box::new(JsonlSink::create(&metrics_path)?))
+        .sink(Box::new(ProgressSink::new(
+            Box::new(JsonlSink::create(&metrics_path)?),
+            opts.rl_steps as u64,
+            "GRPO",
+        )))
         .build()?;
 
     let untrained = keep(

@@ -107,6 +107,11 @@ async fn the_quickstart_runs_every_stage() {
         metrics.iter().any(|m| m.get("time/rollout_s").is_some()),
         "RL steps ran"
     );
+    let sft = mtrl_eval::monitor::read_metrics(out.join("sft_metrics.jsonl")).unwrap();
+    assert!(
+        !sft.is_empty() && sft.iter().all(|m| m.get("train/loss").is_some()),
+        "the SFT warm start logs its updates"
+    );
     let table = report.table(opts.test_tasks);
     assert!(table.contains("SFT + GRPO") && table.contains("most common answer"));
     let _ = std::fs::remove_dir_all(&out);
