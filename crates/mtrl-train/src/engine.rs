@@ -390,7 +390,11 @@ impl Engine {
                 seq.cached_ids.push(id);
             }
             let x = Tensor::from_vec(next, (live.len(), 1), self.model.device())?;
-            let out = self.model.forward_cached(&x, &mut cache)?;
+            // The whole step runs on a worker of the thread pool, so that its two hundred or so
+            // parallel products hand work to a pool already awake instead of each waking it
+            // from this thread.
+            let model = &self.model;
+            let out = rayon::scope(|_| model.forward_cached(&x, &mut cache))?;
             logits = out
                 .squeeze(1)?
                 .to_dtype(candle_core::DType::F32)?

@@ -19,11 +19,11 @@ use crate::Error;
 pub(crate) const MAX_ROWS: usize = 16;
 /// The fewest: one row is a matrix-vector product, which candle's gemm does well.
 pub(crate) const MIN_ROWS: usize = 2;
-/// Weight rows per parallel task: about four tasks per thread, a multiple of every `R` below,
-/// at least 16 and at most 256 rows.
+/// Weight rows per parallel task: about four tasks per thread, whole tiles
+/// ([`TILE_ROWS`]), at least 16 and at most 256 rows.
 fn block_rows(n: usize) -> usize {
     let per = n.div_ceil(4 * rayon::current_num_threads().max(1));
-    per.next_multiple_of(4).clamp(16, 256)
+    per.next_multiple_of(TILE_ROWS).clamp(16, 256)
 }
 
 /// `x [m, k] · wᵀ` for `w [n, k]`, when the kernel applies: f32 on the CPU, `MIN_ROWS ≤ m ≤
@@ -83,8 +83,8 @@ impl WithSimd for Block<'_> {
         let Block { x, w, y, m, k } = self;
         let lanes = size_of::<S::f32s>() / size_of::<f32>();
         let body = k - k % lanes;
-        // Rows of x in groups of 8, 4, 2 and 1, each through a kernel with that many
-        // accumulators per weight row.
+        // Rows of x in groups of 8, 4, 2 and 1, each interleaved once.
+        let mut groups = Vec::new();
         let mut r0 = 0;
         while r0 < m {
             let rows = match m - r0 {
@@ -94,24 +94,70 @@ impl WithSimd for Block<'_> {
                 _ => 1,
             };
             let xr = &x[r0 * k..(r0 + rows) * k];
-            let xi = interleave(xr, rows, k, body, lanes);
-            let out = Out { y: &mut *y, m, r0 };
-            match rows {
-                8 => rows_kernel::<S, 8, 1>(simd, &xi, xr, w, k, body, out),
-                4 => rows_kernel::<S, 4, 2>(simd, &xi, xr, w, k, body, out),
-                2 => rows_kernel::<S, 2, 4>(simd, &xi, xr, w, k, body, out),
-                _ => rows_kernel::<S, 1, 4>(simd, &xi, xr, w, k, body, out),
-            }
+            groups.push((r0, rows, xr, interleave(xr, rows, k, body, lanes)));
             r0 += rows;
+        }
+        // Weight rows in tiles that stay in L1 while every group reads them: each weight row
+        // comes from memory once, however many groups there are (one group: one tile).
+        let n = w.len() / k;
+        let tile_rows = if groups.len() == 1 { n } else { TILE_ROWS };
+        let mut j0 = 0;
+        while j0 < n {
+            let here = tile_rows.min(n - j0);
+            let tile = &w[j0 * k..(j0 + here) * k];
+            for (r0, rows, xr, xi) in &groups {
+                let out = Out {
+                    y: &mut *y,
+                    m,
+                    r0: *r0,
+                    j0,
+                };
+                let t = Tile {
+                    xi,
+                    x: xr,
+                    w: tile,
+                    k,
+                    body,
+                };
+                // `rows × U` accumulators fit the register file: 32 registers of 16 lanes
+                // (AVX-512), 16 of at most 8 (AVX2, NEON).
+                match (*rows, lanes >= 16) {
+                    (8, true) => rows_kernel::<S, 8, 2>(simd, t, out),
+                    (8, false) => rows_kernel::<S, 8, 1>(simd, t, out),
+                    (4, true) => rows_kernel::<S, 4, 4>(simd, t, out),
+                    (4, false) => rows_kernel::<S, 4, 2>(simd, t, out),
+                    (2, _) => rows_kernel::<S, 2, 4>(simd, t, out),
+                    _ => rows_kernel::<S, 1, 8>(simd, t, out),
+                }
+            }
+            j0 += here;
         }
     }
 }
 
-/// Where a kernel writes: `y[j * m + r0 + r]` for weight row `j` and row `r` of its group.
+/// Weight rows per tile: 8 rows of up to 1,024 columns stay within a 32 KiB L1.
+const TILE_ROWS: usize = 8;
+
+/// A group's rows of x and a tile of weight rows.
+struct Tile<'a> {
+    /// The group's rows, interleaved ([`interleave`]).
+    xi: &'a [f32],
+    /// The same rows, `[rows, k]`, for the columns past `body`.
+    x: &'a [f32],
+    /// The weight rows, `[rows, k]`.
+    w: &'a [f32],
+    k: usize,
+    /// The columns the SIMD loop covers (a multiple of the lane count).
+    body: usize,
+}
+
+/// Where a kernel writes: `y[(j0 + j) * m + r0 + r]` for weight row `j` of its tile and row
+/// `r` of its group.
 struct Out<'a> {
     y: &'a mut [f32],
     m: usize,
     r0: usize,
+    j0: usize,
 }
 
 /// `rows` rows of x, `[rows, k]`, interleaved by SIMD chunk: chunk `c` holds lanes
@@ -127,64 +173,51 @@ fn interleave(x: &[f32], rows: usize, k: usize, body: usize, lanes: usize) -> Ve
     out
 }
 
-/// `M` rows of x against the weight rows `R` at a time (`M × R` accumulators).
+/// `M` rows of x against one weight row at a time, read front to back (one sequential stream,
+/// which the hardware prefetcher follows), the loop over `k` unrolled `U` chunks with separate
+/// accumulators (`M × U` of them) so that no multiply-add waits on the one before.
 #[inline(always)]
-fn rows_kernel<S: Simd, const M: usize, const R: usize>(
-    simd: S,
-    xi: &[f32],
-    x: &[f32],
-    w: &[f32],
-    k: usize,
-    body: usize,
-    out: Out<'_>,
-) {
+fn rows_kernel<S: Simd, const M: usize, const U: usize>(simd: S, t: Tile<'_>, out: Out<'_>) {
+    let Tile { xi, x, w, k, body } = t;
     let (xs, _) = S::as_simd_f32s(xi);
     // `chunks_exact(M)` yields slices of exactly M vectors: the conversion cannot fail.
     let chunks: Vec<&[S::f32s; M]> = xs
         .chunks_exact(M)
         .filter_map(|c| <&[S::f32s; M]>::try_from(c).ok())
         .collect();
-    let n = w.len() / k;
-    let tail = |acc: &mut [f32; M], j: usize| {
-        for (r, a) in acc.iter_mut().enumerate() {
-            for c in body..k {
-                *a += x[r * k + c] * w[j * k + c];
-            }
-        }
-    };
-    let mut j = 0;
-    while j < n {
-        let take = if j + R <= n { R } else { 1 };
-        let mut acc = [[simd.splat_f32s(0.0); M]; R];
-        if take == R {
-            let wr: [&[S::f32s]; R] =
-                core::array::from_fn(|i| S::as_simd_f32s(&w[(j + i) * k..(j + i) * k + body]).0);
-            for (c, xc) in chunks.iter().copied().enumerate() {
-                for i in 0..R {
-                    let wv = wr[i][c];
-                    for r in 0..M {
-                        acc[i][r] = simd.mul_add_e_f32s(xc[r], wv, acc[i][r]);
-                    }
-                }
-            }
-        } else {
-            let wr = S::as_simd_f32s(&w[j * k..j * k + body]).0;
-            for (xc, wv) in chunks.iter().copied().zip(wr) {
+    let unrolled = chunks.len() - chunks.len() % U;
+    for j in 0..w.len() / k {
+        let row = &w[j * k..(j + 1) * k];
+        let wr = S::as_simd_f32s(&row[..body]).0;
+        let mut acc = [[simd.splat_f32s(0.0); M]; U];
+        let mut c = 0;
+        while c < unrolled {
+            for (u, acc) in acc.iter_mut().enumerate() {
+                let (xc, wv) = (chunks[c + u], wr[c + u]);
                 for r in 0..M {
-                    acc[0][r] = simd.mul_add_e_f32s(xc[r], *wv, acc[0][r]);
+                    acc[r] = simd.mul_add_e_f32s(xc[r], wv, acc[r]);
                 }
             }
+            c += U;
         }
-        for (i, acc) in acc.iter().enumerate().take(take) {
-            let mut sums = [0f32; M];
+        for (xc, wv) in chunks[unrolled..].iter().zip(&wr[unrolled..]) {
             for r in 0..M {
-                sums[r] = simd.reduce_sum_f32s(acc[r]);
+                acc[0][r] = simd.mul_add_e_f32s(xc[r], *wv, acc[0][r]);
             }
-            tail(&mut sums, j + i);
-            let row = (j + i) * out.m + out.r0;
-            out.y[row..row + M].copy_from_slice(&sums);
         }
-        j += take;
+        let mut sums = [0f32; M];
+        for (r, sum) in sums.iter_mut().enumerate() {
+            let mut a = acc[0][r];
+            for part in &acc[1..] {
+                a = simd.add_f32s(a, part[r]);
+            }
+            *sum = simd.reduce_sum_f32s(a);
+            for c in body..k {
+                *sum += x[r * k + c] * row[c];
+            }
+        }
+        let at = (out.j0 + j) * out.m + out.r0;
+        out.y[at..at + M].copy_from_slice(&sums);
     }
 }
 
