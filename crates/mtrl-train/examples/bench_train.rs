@@ -4,8 +4,11 @@
 //! JSON object (and writes it to the first argument, if given).
 //!
 //! `cargo run --release -p mtrl-train --example bench_train [out.json] [--random]
-//! [--batch B] [--length T] [--steps N]`
-//! (`--random`: random weights of SmolLM2's shape; CUDA: build with `--features cuda`.)
+//! [--batch B] [--length T] [--steps N] [--checkpointing] [--lora-only]`
+//! (`--random`: random weights of SmolLM2's shape; `--checkpointing`: activation
+//! checkpointing, [`CausalLm::checkpointed_grads`]; `--lora-only`: skip full fine-tuning, so
+//! that the peak memory reported is LoRA's; CUDA: build with `--features cuda`.) On Linux the
+//! figures include the process's peak resident memory.
 
 use std::time::Instant;
 
@@ -34,12 +37,21 @@ fn load(random: bool, device: &Device) -> Result<CausalLm, Box<dyn std::error::E
     })
 }
 
+/// The process's peak resident memory (`VmHWM`), on Linux.
+fn peak_rss_gib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / (1024.0 * 1024.0))
+}
+
 /// Seconds per step (median of `steps` after one warm-up step).
 fn time_steps(
     model: &CausalLm,
     ids: &Tensor,
     at: &[(usize, usize)],
     steps: usize,
+    checkpointing: bool,
 ) -> Result<f64, Box<dyn std::error::Error>> {
     let vars = model.trainable();
     let mut opt = AdamW::new(
@@ -52,10 +64,18 @@ fn time_steps(
     let mut times = Vec::new();
     for i in 0..=steps {
         let t = Instant::now();
-        let (lp, _) = model.next_token_logprobs(ids, at)?;
-        let loss = lp.neg()?.mean_all()?;
         let mut grads = Grads::new();
-        grads.add(&loss.backward()?, &vars)?;
+        if checkpointing {
+            let ((), stores) =
+                model.checkpointed_grads(ids, at, |lp, _| Ok((Some(lp.neg()?.mean_all()?), ())))?;
+            for s in &stores {
+                grads.add(s, &vars)?;
+            }
+        } else {
+            let (lp, _) = model.next_token_logprobs(ids, at)?;
+            let loss = lp.neg()?.mean_all()?;
+            grads.add(&loss.backward()?, &vars)?;
+        }
         grads.clip(1.0)?;
         opt.step(&grads, 1e-5)?;
         if i > 0 {
@@ -78,6 +98,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batch = arg(&args, "--batch", 2);
     let length = arg(&args, "--length", 256);
     let steps = arg(&args, "--steps", 3);
+    let checkpointing = args.iter().any(|a| a == "--checkpointing");
+    let lora_only = args.iter().any(|a| a == "--lora-only");
     let device = Device::cuda_if_available(0)?;
     let vocab = 40_000u32;
     let ids: Vec<u32> = (0..batch * length)
@@ -101,10 +123,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &device,
     )?;
     let lora_model = lora_model.with_lora(lora)?;
-    let lora_s = time_steps(&lora_model, &ids, &at, steps)?;
+    let lora_s = time_steps(&lora_model, &ids, &at, steps, checkpointing)?;
     drop(lora_model);
-    let full_model = load(random, &device)?;
-    let full_s = time_steps(&full_model, &ids, &at, steps)?;
+    let full = if lora_only {
+        None
+    } else {
+        let full_model = load(random, &device)?;
+        let full_s = time_steps(&full_model, &ids, &at, steps, checkpointing)?;
+        Some(json!({"step_s": full_s, "tokens_per_s": tokens / full_s}))
+    };
 
     let figures = json!({
         "device": format!("{device:?}"),
@@ -113,7 +140,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "batch": batch,
         "length": length,
         "lora_r8_qkvo": {"step_s": lora_s, "tokens_per_s": tokens / lora_s},
-        "full_fine_tuning": {"step_s": full_s, "tokens_per_s": tokens / full_s},
+        "full_fine_tuning": full,
+        "activation_checkpointing": checkpointing,
+        "peak_rss_gib": peak_rss_gib(),
     });
     let text = serde_json::to_string_pretty(&figures)?;
     println!("{text}");

@@ -257,3 +257,119 @@ fn selected_next_token_logprobs_equal_the_full_forward() {
         "no such row"
     );
 }
+
+/// The gradients of `Σ wᵢ·logpᵢ` by name, through the plain graph or with checkpointing.
+fn grads_of(model: &CausalLm, checkpointed: bool) -> Vec<(String, Tensor)> {
+    let x = ids();
+    let at: Vec<(usize, usize)> = (0..2).flat_map(|r| (3..11).map(move |p| (r, p))).collect();
+    let weights = Tensor::from_vec(
+        (0..at.len())
+            .map(|i| 0.5 - i as f32 * 0.07)
+            .collect::<Vec<_>>(),
+        at.len(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let vars = model.trainable();
+    let stores = if checkpointed {
+        let (value, stores) = model
+            .checkpointed_grads(&x, &at, |lp, _| {
+                let l = (lp * &weights)?.sum_all()?;
+                let v = l.to_scalar::<f32>()?;
+                Ok((Some(l), v))
+            })
+            .unwrap();
+        assert!(value.is_finite());
+        stores
+    } else {
+        let (lp, _) = model.next_token_logprobs(&x, &at).unwrap();
+        vec![
+            (lp * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap(),
+        ]
+    };
+    vars.iter()
+        .map(|(name, var)| {
+            let mut total: Option<Tensor> = None;
+            for s in &stores {
+                if let Some(g) = s.get(var.as_tensor()) {
+                    total = Some(match total {
+                        Some(t) => (t + g).unwrap(),
+                        None => g.clone(),
+                    });
+                }
+            }
+            (
+                name.clone(),
+                total.expect("every parameter gets a gradient"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn checkpointed_gradients_equal_the_plain_ones() {
+    for arch in [
+        Architecture::Llama,
+        Architecture::Qwen2,
+        Architecture::Qwen3,
+    ] {
+        // Full fine-tuning.
+        let (config, model) = tiny(arch);
+        let (plain, ckpt) = (grads_of(&model, false), grads_of(&model, true));
+        assert_eq!(plain.len(), ckpt.len());
+        for ((name, a), (_, b)) in plain.iter().zip(&ckpt) {
+            let scale = a
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let d = max_diff(a, b);
+            assert!(
+                d <= 1e-4 * scale.max(1e-3),
+                "{arch:?} {name}: {d} (scale {scale})"
+            );
+        }
+        // LoRA: only the adapters, which must all get a gradient.
+        let lora = Lora::new(all_targets(), &config, 3, &Device::Cpu).unwrap();
+        let model = model.with_lora(lora).unwrap();
+        perturb(&model);
+        let (plain, ckpt) = (grads_of(&model, false), grads_of(&model, true));
+        assert!(plain.iter().all(|(n, _)| n.contains("lora_")));
+        for ((name, a), (_, b)) in plain.iter().zip(&ckpt) {
+            let scale = a
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let d = max_diff(a, b);
+            assert!(
+                d <= 1e-4 * scale.max(1e-3),
+                "{arch:?} {name}: {d} (scale {scale})"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_skipped_checkpointed_backward_returns_no_gradients() {
+    let (_, model) = tiny(Architecture::Llama);
+    let at = [(0, 2), (1, 4)];
+    let (seen, stores) = model
+        .checkpointed_grads(&ids(), &at, |lp, entropy| {
+            Ok((None, (lp.dims1()?, entropy.dims1()?)))
+        })
+        .unwrap();
+    assert_eq!(seen, (2, 2));
+    assert!(stores.is_empty());
+    let err = model.checkpointed_grads(&ids(), &[(0, 11)], |_, _| Ok((None, ())));
+    assert!(err.is_err(), "position 11 has no next token");
+}

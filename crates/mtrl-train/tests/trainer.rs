@@ -429,3 +429,43 @@ async fn a_kl_term_needs_a_reference_and_is_logged() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activation_checkpointing_trains_like_the_plain_backward() {
+    let run = |checkpointing: bool| async move {
+        let mut c = config();
+        c.activation_checkpointing = checkpointing;
+        let mut t = trainer(model(5), c, &["t0", "t1", "t2", "t3"]);
+        let mut losses = Vec::new();
+        for _ in 0..2 {
+            let m = t.step().await.unwrap();
+            losses.push(m.get(names::TRAIN_LOSS));
+        }
+        let weights: Vec<Vec<f32>> = t
+            .model()
+            .trainable()
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        (losses, weights)
+    };
+    let (plain_losses, plain) = run(false).await;
+    let (ckpt_losses, ckpt) = run(true).await;
+    assert!(
+        plain_losses.iter().any(Option::is_some),
+        "some step trained"
+    );
+    for (a, b) in plain_losses.iter().zip(&ckpt_losses) {
+        match (a, b) {
+            (Some(a), Some(b)) => assert!((a - b).abs() < 1e-5, "{a} vs {b}"),
+            (a, b) => assert_eq!(a.is_some(), b.is_some()),
+        }
+    }
+    let mut max = 0f32;
+    for (a, b) in plain.iter().zip(&ckpt) {
+        for (x, y) in a.iter().zip(b) {
+            max = max.max((x - y).abs());
+        }
+    }
+    assert!(max < 1e-4, "weights differ by {max}");
+}

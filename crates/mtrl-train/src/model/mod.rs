@@ -188,11 +188,31 @@ impl CausalLm {
     /// starting at position 0 under a causal mask.
     fn hidden_train(&self, ids: &Tensor) -> Result<Tensor, Error> {
         let (b, t) = ids.dims2()?;
+        let (positions, mask) = self.train_positions(b, t)?;
+        self.hidden(Path::Train, ids, &positions, mask.as_ref(), None)
+    }
+
+    /// Positions `[batch, time]` from 0 and the causal mask of the training path.
+    fn train_positions(&self, b: usize, t: usize) -> Result<(Tensor, Option<Tensor>), Error> {
         let positions = Tensor::arange(0u32, t as u32, &self.device)?
             .unsqueeze(0)?
             .repeat((b, 1))?;
         let mask = causal_mask(b, t, 0, &vec![0; b], &self.device)?;
-        self.hidden(Path::Train, ids, &positions, mask.as_ref(), None)
+        Ok((positions, mask))
+    }
+
+    /// RoPE's cosine and sine tables `[batch, time, head_dim / 2]` at `positions`.
+    fn rope_tables(
+        &self,
+        positions: &Tensor,
+        b: usize,
+        t: usize,
+    ) -> Result<(Tensor, Tensor), Error> {
+        let flat_pos = positions.flatten_all()?;
+        let half = self.config.head_dim / 2;
+        let cos = self.cos.index_select(&flat_pos, 0)?.reshape((b, t, half))?;
+        let sin = self.sin.index_select(&flat_pos, 0)?.reshape((b, t, half))?;
+        Ok((cos, sin))
     }
 
     /// Logits `[batch, time, vocab]` for the next `[batch, time]` ids, through the fused path,
@@ -243,10 +263,7 @@ impl CausalLm {
             .embed
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, h))?;
-        let flat_pos = positions.flatten_all()?;
-        let half = self.config.head_dim / 2;
-        let cos = self.cos.index_select(&flat_pos, 0)?.reshape((b, t, half))?;
-        let sin = self.sin.index_select(&flat_pos, 0)?.reshape((b, t, half))?;
+        let (cos, sin) = self.rope_tables(positions, b, t)?;
         for (l, layer) in w.layers.iter().enumerate() {
             let kv = cache.as_deref_mut().map(|c| (c, l));
             x = self.layer(path, layer, &x, &cos, &sin, mask, kv)?;
@@ -301,8 +318,87 @@ impl CausalLm {
         ids: &Tensor,
         at: &[(usize, usize)],
     ) -> Result<(Tensor, Tensor), Error> {
+        let picks = self.picks(ids, at)?;
+        let x = self.hidden_train(ids)?;
+        self.picked_logprobs(&x, &picks)
+    }
+
+    /// The gradients of a loss of [`CausalLm::next_token_logprobs`], with activation
+    /// checkpointing: the forward pass keeps only each layer's input, and the backward pass
+    /// recomputes one layer at a time, so memory holds one layer's activations instead of
+    /// all of them (what lets a 4,000-token SOP prompt train on a CPU). `loss` receives the
+    /// logprobs and entropies and returns the scalar to differentiate (or `None` to skip the
+    /// backward pass, for example when it is not finite) with anything it wants returned.
+    /// The gradients come as one store per stage (head, each layer, embeddings); together they
+    /// equal those of `loss.backward()` on [`CausalLm::next_token_logprobs`], up to rounding.
+    ///
+    /// # Errors
+    /// As [`CausalLm::next_token_logprobs`], or the error of `loss`.
+    pub fn checkpointed_grads<T>(
+        &self,
+        ids: &Tensor,
+        at: &[(usize, usize)],
+        loss: impl FnOnce(&Tensor, &Tensor) -> Result<(Option<Tensor>, T), Error>,
+    ) -> Result<(T, Vec<candle_core::backprop::GradStore>), Error> {
+        let picks = self.picks(ids, at)?;
         let (b, t) = ids.dims2()?;
-        let h = self.config.hidden_size;
+        let w = &self.train;
+        let (positions, mask) = self.train_positions(b, t)?;
+        let (cos, sin) = self.rope_tables(&positions, b, t)?;
+        let embed = |ids: &Tensor| -> Result<Tensor, Error> {
+            Ok(w.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
+                b,
+                t,
+                self.config.hidden_size,
+            ))?)
+        };
+        // Forward: each layer's input, detached (the graph of each layer is dropped at once).
+        let mut inputs = Vec::with_capacity(w.layers.len());
+        let mut x = embed(ids)?.detach();
+        for layer in &w.layers {
+            let next = self
+                .layer(Path::Train, layer, &x, &cos, &sin, mask.as_ref(), None)?
+                .detach();
+            inputs.push(x);
+            x = next;
+        }
+        let top = Var::from_tensor(&x)?;
+        let normed = self.norm(Path::Train, top.as_tensor(), &w.norm)?;
+        let (lp, entropy) = self.picked_logprobs(&normed, &picks)?;
+        let (scalar, out) = loss(&lp, &entropy)?;
+        let Some(scalar) = scalar else {
+            return Ok((out, Vec::new()));
+        };
+        let store = scalar.backward()?;
+        let mut upstream = store.get(top.as_tensor()).cloned();
+        let mut stores = vec![store];
+        // Backward, one layer at a time: recompute the layer from its input, and pull the
+        // gradient arriving at its output through it (d/dθ of Σ y·g is g's pull-back).
+        for (layer, input) in w.layers.iter().zip(&inputs).rev() {
+            let Some(g) = upstream else { break };
+            let xv = Var::from_tensor(input)?;
+            let y = self.layer(
+                Path::Train,
+                layer,
+                xv.as_tensor(),
+                &cos,
+                &sin,
+                mask.as_ref(),
+                None,
+            )?;
+            let store = (y * g)?.sum_all()?.backward()?;
+            upstream = store.get(xv.as_tensor()).cloned();
+            stores.push(store);
+        }
+        if let Some(g) = upstream {
+            stores.push((embed(ids)? * g)?.sum_all()?.backward()?);
+        }
+        Ok((out, stores))
+    }
+
+    /// Flat rows and target ids of the `(row, position)` pairs `at` of `ids [batch, time]`.
+    fn picks(&self, ids: &Tensor, at: &[(usize, usize)]) -> Result<Picks, Error> {
+        let (b, t) = ids.dims2()?;
         let flat_ids = ids.flatten_all()?.to_vec1::<u32>()?;
         let mut rows = Vec::with_capacity(at.len());
         let mut targets = Vec::with_capacity(at.len());
@@ -315,13 +411,19 @@ impl CausalLm {
             rows.push((r * t + p) as u32);
             targets.push(flat_ids[r * t + p + 1]);
         }
-        let x = self.hidden_train(ids)?;
-        let n = at.len();
-        let rows = Tensor::from_vec(rows, n, &self.device)?;
+        Ok(Picks { rows, targets })
+    }
+
+    /// The logprobs of the picked targets from final hidden states `x [batch, time, hidden]`,
+    /// and the (detached) entropies there.
+    fn picked_logprobs(&self, x: &Tensor, picks: &Picks) -> Result<(Tensor, Tensor), Error> {
+        let (b, t, h) = x.dims3()?;
+        let n = picks.rows.len();
+        let rows = Tensor::from_vec(picks.rows.clone(), n, &self.device)?;
         let picked = x.reshape((b * t, h))?.index_select(&rows, 0)?;
         let logits = project(Path::Train, &picked, &self.train.lm_head, None)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let targets = Tensor::from_vec(targets, (n, 1), &self.device)?;
+        let targets = Tensor::from_vec(picks.targets.clone(), (n, 1), &self.device)?;
         let chosen = logp.gather(&targets, 1)?.squeeze(1)?;
         let lp = logp.detach();
         let entropy = (lp.exp()? * &lp)?.sum(1)?.neg()?;
@@ -463,6 +565,12 @@ fn parse_projection(name: &str) -> Option<(usize, Module)> {
 /// The additive attention mask `[batch, t, start + t]`: a query at slot `start + j` of row `r`
 /// sees the keys at slots `pad[r] ..= start + j` (a padding slot sees itself). `None` when nothing is masked (one new token,
 /// no padding).
+/// Flat rows and next-token targets picked for the output layer.
+struct Picks {
+    rows: Vec<u32>,
+    targets: Vec<u32>,
+}
+
 fn causal_mask(
     b: usize,
     t: usize,

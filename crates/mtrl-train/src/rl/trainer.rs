@@ -15,7 +15,7 @@ use mtrl_eval::{EvalRecord, Summary};
 use serde::{Deserialize, Serialize};
 
 use super::advantage::{AdvantageEstimator, Estimator, has_variance};
-use super::loss::{Aggregation, LossBatch, NextTokenNll, PolicyLoss, PpoClip};
+use super::loss::{Aggregation, LossBatch, LossOutput, NextTokenNll, PolicyLoss, PpoClip};
 use super::optim::{AdamW, AdamWConfig, Decay, Grads, Schedule};
 use crate::Error;
 use crate::model::CausalLm;
@@ -62,6 +62,11 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Episodes rolled out at once.
     pub concurrency: usize,
+    /// Activation checkpointing in the gradient passes: keep only each layer's input and
+    /// recompute the layer during the backward pass ([`CausalLm::checkpointed_grads`]). Memory
+    /// then holds one layer's activations instead of every layer's, at the cost of a second
+    /// forward pass: what long SOP prompts need.
+    pub activation_checkpointing: bool,
 }
 
 impl Default for TrainConfig {
@@ -84,6 +89,7 @@ impl Default for TrainConfig {
             eval_every: 10,
             checkpoint_every: 0,
             concurrency: 64,
+            activation_checkpointing: false,
         }
     }
 }
@@ -534,6 +540,7 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
                 updates: self.config.updates_per_step,
                 micro_batch: self.config.micro_batch,
                 recompute_old: self.config.recompute_old_logprobs,
+                checkpointing: self.config.activation_checkpointing,
                 max_grad_norm: self.config.max_grad_norm,
                 schedule: self.config.schedule(),
                 first_update: self.state.updates,
@@ -683,6 +690,7 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
                         updates: 1,
                         micro_batch: self.config.micro_batch,
                         recompute_old: false,
+                        checkpointing: self.config.activation_checkpointing,
                         max_grad_norm: self.config.max_grad_norm,
                         schedule,
                         first_update: (epoch * per_epoch + i) as u64,
@@ -790,6 +798,7 @@ struct UpdatePlan {
     updates: usize,
     micro_batch: usize,
     recompute_old: bool,
+    checkpointing: bool,
     max_grad_norm: f64,
     schedule: Schedule,
     first_update: u64,
@@ -898,20 +907,40 @@ fn update(
         let mut grads = Grads::new();
         let mut finite = true;
         for ((m, old), reference) in micros.iter().zip(olds).zip(refs) {
-            let (lp, entropy) = model.next_token_logprobs(&m.ids, &m.at)?;
-            if !plan.recompute_old && u == 0 {
-                // Without a separate pass, the first mini-batch's gradient pass runs before
-                // any update: it measures the mismatch (over that mini-batch's tokens).
-                measure.add(m, &lp.detach(), &entropy)?;
-            }
-            let out = loss.loss(&LossBatch {
-                logprobs: &lp,
-                old_logprobs: old,
-                behaviour_logprobs: &m.behaviour,
-                ref_logprobs: reference.as_ref(),
-                advantages: &m.advantages,
-                weights: &m.weights,
-            })?;
+            let measure_here = !plan.recompute_old && u == 0;
+            // The loss of this micro-batch from its logprobs; without a separate pass, the
+            // first mini-batch's gradient pass runs before any update: it measures the
+            // mismatch (over that mini-batch's tokens).
+            let mut loss_of = |lp: &Tensor, entropy: &Tensor| -> Result<LossOutput, Error> {
+                if measure_here {
+                    measure.add(m, &lp.detach(), entropy)?;
+                }
+                loss.loss(&LossBatch {
+                    logprobs: lp,
+                    old_logprobs: old,
+                    behaviour_logprobs: &m.behaviour,
+                    ref_logprobs: reference.as_ref(),
+                    advantages: &m.advantages,
+                    weights: &m.weights,
+                })
+            };
+            let finite_loss =
+                |out: &LossOutput| out.stats.get("loss").is_some_and(|l| l.is_finite());
+            let (out, stores) = if plan.checkpointing {
+                model.checkpointed_grads(&m.ids, &m.at, |lp, entropy| {
+                    let out = loss_of(lp, entropy)?;
+                    Ok((finite_loss(&out).then(|| out.loss.clone()), out))
+                })?
+            } else {
+                let (lp, entropy) = model.next_token_logprobs(&m.ids, &m.at)?;
+                let out = loss_of(&lp, &entropy)?;
+                let stores = if finite_loss(&out) {
+                    vec![out.loss.backward()?]
+                } else {
+                    Vec::new()
+                };
+                (out, stores)
+            };
             for (k, v) in &out.stats {
                 // Max-like statistics keep their maximum; the rest add up over micro-batches.
                 let e = stats.stats.entry(k.clone()).or_insert(0.0);
@@ -923,11 +952,13 @@ fn update(
                     *e += v / plan.updates as f64;
                 }
             }
-            if !out.stats.get("loss").is_some_and(|l| l.is_finite()) {
+            if stores.is_empty() {
                 finite = false;
                 continue;
             }
-            grads.add(&out.loss.backward()?, vars)?;
+            for store in &stores {
+                grads.add(store, vars)?;
+            }
         }
         let norm = grads.clip(plan.max_grad_norm)?;
         stats.grad_norms.push(norm);
