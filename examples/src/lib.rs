@@ -6,4 +6,5 @@
 pub mod audit;
 pub mod progress;
 pub mod quickstart;
+pub mod recipe;
 pub mod returns_desk;

@@ -23,6 +23,11 @@ enum Command {
     /// bundled returns_desk domain (audit, SFT warm start, GRPO) and print held-out strict TSR
     /// for the most-common-answer baseline, SFT only and SFT + GRPO.
     Quickstart(QuickstartArgs),
+    /// Train a model on a SOP-Bench domain from a recipe (TOML): strict test TSR before and
+    /// after, metrics, episodes, the HTML report and checkpoints under the recipe's `out`.
+    Train(TrainArgs),
+    /// Strict TSR of a recipe's policy (from a checkpoint, or untrained) on a split, greedy.
+    Eval(EvalArgs),
     /// Audit SOP-Bench environments: determinism, seed-dependence, answer leaks, schema
     /// fidelity, tool coverage.
     Audit(AuditArgs),
@@ -61,6 +66,32 @@ struct QuickstartArgs {
     /// SFT alone reaches when the demonstrations carry the decision logic).
     #[arg(long)]
     correct_demos: bool,
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// The recipe (see `examples/recipes/`).
+    #[arg(long)]
+    config: PathBuf,
+    /// Overrides, `section.key=value` (the value read as TOML, else as a string); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// The recipe (see `examples/recipes/`).
+    #[arg(long)]
+    config: PathBuf,
+    /// A checkpoint `mtrl train` wrote (the untrained policy when absent).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// `test` or `validation`.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Overrides, `section.key=value`; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -113,6 +144,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Quickstart(args) => run_quickstart(args),
+        Command::Train(args) => run_train(args),
+        Command::Eval(args) => run_eval(args),
         Command::Audit(args) => run_audit(args),
         Command::Report(args) => run_report(args),
     };
@@ -215,6 +248,39 @@ fn run_audit(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
             "{flags} flag(s) over {} domain(s); report printed above",
             reports.len()
         ),
+    }
+    Ok(())
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn run_train(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let recipe = mtrl_examples::recipe::Recipe::load(&args.config, &args.overrides)?;
+    eprintln!(
+        "[mtrl] recipe {} ({} override(s)); outputs go to {}",
+        args.config.display(),
+        args.overrides.len(),
+        recipe.out.display()
+    );
+    for line in runtime()?.block_on(mtrl_examples::recipe::train(&recipe))? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn run_eval(args: EvalArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let recipe = mtrl_examples::recipe::Recipe::load(&args.config, &args.overrides)?;
+    let lines = runtime()?.block_on(mtrl_examples::recipe::eval(
+        &recipe,
+        args.checkpoint.as_deref(),
+        &args.split,
+    ))?;
+    for line in lines {
+        println!("{line}");
     }
     Ok(())
 }
