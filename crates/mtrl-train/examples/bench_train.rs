@@ -66,10 +66,10 @@ fn time_steps(
         let t = Instant::now();
         let mut grads = Grads::new();
         if checkpointing {
-            let ((), stores) =
+            let ((), store) =
                 model.checkpointed_grads(ids, at, |lp, _| Ok((Some(lp.neg()?.mean_all()?), ())))?;
-            for s in &stores {
-                grads.add(s, &vars)?;
+            if let Some(store) = store {
+                grads.add(&store, &vars)?;
             }
         } else {
             let (lp, _) = model.next_token_logprobs(ids, at)?;

@@ -271,8 +271,8 @@ fn grads_of(model: &CausalLm, checkpointed: bool) -> Vec<(String, Tensor)> {
     )
     .unwrap();
     let vars = model.trainable();
-    let stores = if checkpointed {
-        let (value, stores) = model
+    let store = if checkpointed {
+        let (value, store) = model
             .checkpointed_grads(&x, &at, |lp, _| {
                 let l = (lp * &weights)?.sum_all()?;
                 let v = l.to_scalar::<f32>()?;
@@ -280,33 +280,22 @@ fn grads_of(model: &CausalLm, checkpointed: bool) -> Vec<(String, Tensor)> {
             })
             .unwrap();
         assert!(value.is_finite());
-        stores
+        store.expect("a backward pass ran")
     } else {
         let (lp, _) = model.next_token_logprobs(&x, &at).unwrap();
-        vec![
-            (lp * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap(),
-        ]
+        (lp * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
     };
     vars.iter()
         .map(|(name, var)| {
-            let mut total: Option<Tensor> = None;
-            for s in &stores {
-                if let Some(g) = s.get(var.as_tensor()) {
-                    total = Some(match total {
-                        Some(t) => (t + g).unwrap(),
-                        None => g.clone(),
-                    });
-                }
-            }
-            (
-                name.clone(),
-                total.expect("every parameter gets a gradient"),
-            )
+            let g = store
+                .get(var.as_tensor())
+                .expect("every parameter gets a gradient");
+            (name.clone(), g.clone())
         })
         .collect()
 }
@@ -360,16 +349,29 @@ fn checkpointed_gradients_equal_the_plain_ones() {
 }
 
 #[test]
+fn detached_logprobs_equal_the_differentiable_ones_bit_for_bit() {
+    let (config, model) = tiny(Architecture::Qwen3);
+    let lora = Lora::new(all_targets(), &config, 3, &Device::Cpu).unwrap();
+    let model = model.with_lora(lora).unwrap();
+    perturb(&model);
+    let at: Vec<(usize, usize)> = (0..2).flat_map(|r| (0..11).map(move |p| (r, p))).collect();
+    let (a, ea) = model.next_token_logprobs(&ids(), &at).unwrap();
+    let (b, eb) = model.next_token_logprobs_detached(&ids(), &at).unwrap();
+    assert_eq!(a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+    assert_eq!(ea.to_vec1::<f32>().unwrap(), eb.to_vec1::<f32>().unwrap());
+}
+
+#[test]
 fn a_skipped_checkpointed_backward_returns_no_gradients() {
     let (_, model) = tiny(Architecture::Llama);
     let at = [(0, 2), (1, 4)];
-    let (seen, stores) = model
+    let (seen, store) = model
         .checkpointed_grads(&ids(), &at, |lp, entropy| {
             Ok((None, (lp.dims1()?, entropy.dims1()?)))
         })
         .unwrap();
     assert_eq!(seen, (2, 2));
-    assert!(stores.is_empty());
+    assert!(store.is_none());
     let err = model.checkpointed_grads(&ids(), &[(0, 11)], |_, _| Ok((None, ())));
     assert!(err.is_err(), "position 11 has no next token");
 }

@@ -16,6 +16,7 @@ mod lora;
 mod skinny;
 mod weights;
 
+use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Device, Tensor, Var};
 
 pub use cache::KvCache;
@@ -323,14 +324,33 @@ impl CausalLm {
         self.picked_logprobs(&x, &picks)
     }
 
+    /// [`CausalLm::next_token_logprobs`] without gradients, one layer's activations in memory
+    /// at a time: the same values, bit for bit, for the passes that only read them (old-policy
+    /// and reference logprobs), which would otherwise hold every layer's activations until
+    /// the result is dropped.
+    ///
+    /// # Errors
+    /// As [`CausalLm::next_token_logprobs`].
+    pub fn next_token_logprobs_detached(
+        &self,
+        ids: &Tensor,
+        at: &[(usize, usize)],
+    ) -> Result<(Tensor, Tensor), Error> {
+        let (out, _) = self.checkpointed_grads(ids, at, |lp, entropy| {
+            Ok((None, (lp.detach(), entropy.clone())))
+        })?;
+        Ok(out)
+    }
+
     /// The gradients of a loss of [`CausalLm::next_token_logprobs`], with activation
     /// checkpointing: the forward pass keeps only each layer's input, and the backward pass
     /// recomputes one layer at a time, so memory holds one layer's activations instead of
     /// all of them (what lets a 4,000-token SOP prompt train on a CPU). `loss` receives the
     /// logprobs and entropies and returns the scalar to differentiate (or `None` to skip the
     /// backward pass, for example when it is not finite) with anything it wants returned.
-    /// The gradients come as one store per stage (head, each layer, embeddings); together they
-    /// equal those of `loss.backward()` on [`CausalLm::next_token_logprobs`], up to rounding.
+    /// The gradients, of the trainable parameters ([`CausalLm::trainable`]) only, equal those
+    /// of `loss.backward()` on [`CausalLm::next_token_logprobs`] up to rounding; `None` when
+    /// the backward pass was skipped.
     ///
     /// # Errors
     /// As [`CausalLm::next_token_logprobs`], or the error of `loss`.
@@ -339,7 +359,7 @@ impl CausalLm {
         ids: &Tensor,
         at: &[(usize, usize)],
         loss: impl FnOnce(&Tensor, &Tensor) -> Result<(Option<Tensor>, T), Error>,
-    ) -> Result<(T, Vec<candle_core::backprop::GradStore>), Error> {
+    ) -> Result<(T, Option<GradStore>), Error> {
         let picks = self.picks(ids, at)?;
         let (b, t) = ids.dims2()?;
         let w = &self.train;
@@ -367,11 +387,28 @@ impl CausalLm {
         let (lp, entropy) = self.picked_logprobs(&normed, &picks)?;
         let (scalar, out) = loss(&lp, &entropy)?;
         let Some(scalar) = scalar else {
-            return Ok((out, Vec::new()));
+            return Ok((out, None));
         };
-        let store = scalar.backward()?;
-        let mut upstream = store.get(top.as_tensor()).cloned();
-        let mut stores = vec![store];
+        // Each backward pass's store also holds gradients of constants it met (the attention
+        // mask's, as large as the attention scores): only the parameters' are kept, summed.
+        let trainable = self.trainable();
+        let mut total = GradStore::default();
+        let mut keep = |store: &mut GradStore| -> Result<(), Error> {
+            for (_, var) in &trainable {
+                if let Some(g) = store.remove(var.as_tensor()) {
+                    let sum = match total.remove(var.as_tensor()) {
+                        Some(prev) => (prev + g)?.detach(),
+                        None => g,
+                    };
+                    total.insert(var.as_tensor(), sum);
+                }
+            }
+            Ok(())
+        };
+        let mut store = scalar.backward()?;
+        let mut upstream = store.remove(top.as_tensor());
+        keep(&mut store)?;
+        drop(store);
         // Backward, one layer at a time: recompute the layer from its input, and pull the
         // gradient arriving at its output through it (d/dθ of Σ y·g is g's pull-back).
         for (layer, input) in w.layers.iter().zip(&inputs).rev() {
@@ -386,14 +423,14 @@ impl CausalLm {
                 mask.as_ref(),
                 None,
             )?;
-            let store = (y * g)?.sum_all()?.backward()?;
-            upstream = store.get(xv.as_tensor()).cloned();
-            stores.push(store);
+            let mut store = (y * g)?.sum_all()?.backward()?;
+            upstream = store.remove(xv.as_tensor());
+            keep(&mut store)?;
         }
         if let Some(g) = upstream {
-            stores.push((embed(ids)? * g)?.sum_all()?.backward()?);
+            keep(&mut (embed(ids)? * g)?.sum_all()?.backward()?)?;
         }
-        Ok((out, stores))
+        Ok((out, Some(total)))
     }
 
     /// Flat rows and target ids of the `(row, position)` pairs `at` of `ids [batch, time]`.

@@ -889,15 +889,14 @@ fn update(
         let mut refs = Vec::with_capacity(micros.len());
         for m in &micros {
             olds.push(if plan.recompute_old {
-                let (lp, entropy) = model.next_token_logprobs(&m.ids, &m.at)?;
-                let lp = lp.detach();
+                let (lp, entropy) = model.next_token_logprobs_detached(&m.ids, &m.at)?;
                 measure.add(m, &lp, &entropy)?;
                 lp
             } else {
                 Tensor::new(m.rollout.as_slice(), &device)?
             });
             refs.push(match reference {
-                Some(r) => Some(r.next_token_logprobs(&m.ids, &m.at)?.0.detach()),
+                Some(r) => Some(r.next_token_logprobs_detached(&m.ids, &m.at)?.0),
                 None => None,
             });
         }
@@ -926,7 +925,7 @@ fn update(
             };
             let finite_loss =
                 |out: &LossOutput| out.stats.get("loss").is_some_and(|l| l.is_finite());
-            let (out, stores) = if plan.checkpointing {
+            let (out, store) = if plan.checkpointing {
                 model.checkpointed_grads(&m.ids, &m.at, |lp, entropy| {
                     let out = loss_of(lp, entropy)?;
                     Ok((finite_loss(&out).then(|| out.loss.clone()), out))
@@ -934,12 +933,12 @@ fn update(
             } else {
                 let (lp, entropy) = model.next_token_logprobs(&m.ids, &m.at)?;
                 let out = loss_of(&lp, &entropy)?;
-                let stores = if finite_loss(&out) {
-                    vec![out.loss.backward()?]
+                let store = if finite_loss(&out) {
+                    Some(out.loss.backward()?)
                 } else {
-                    Vec::new()
+                    None
                 };
-                (out, stores)
+                (out, store)
             };
             for (k, v) in &out.stats {
                 // Max-like statistics keep their maximum; the rest add up over micro-batches.
@@ -952,13 +951,11 @@ fn update(
                     *e += v / plan.updates as f64;
                 }
             }
-            if stores.is_empty() {
+            let Some(store) = store else {
                 finite = false;
                 continue;
-            }
-            for store in &stores {
-                grads.add(store, vars)?;
-            }
+            };
+            grads.add(&store, vars)?;
         }
         let norm = grads.clip(plan.max_grad_norm)?;
         stats.grad_norms.push(norm);
