@@ -4,6 +4,7 @@
 //! other crate. It also checks the workspace's dependency rule (see `tests/dependency_rule.rs`).
 
 pub mod audit;
+pub mod episodes;
 pub mod progress;
 pub mod quickstart;
 pub mod recipe;

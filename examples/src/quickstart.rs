@@ -20,6 +20,7 @@ use mtrl_train::model::{Architecture, CausalLm, ModelConfig, Params};
 use mtrl_train::rl::{Aggregation, Estimator, PpoClip, TrainConfig, Trainer};
 use mtrl_train::sampler::SamplingParams;
 
+use crate::episodes;
 use crate::progress::ProgressSink;
 use crate::returns_desk::{self, Decisions, Expert};
 
@@ -174,13 +175,6 @@ pub fn policy_config(vocab: usize) -> ModelConfig {
     }
 }
 
-fn successes(records: &[EvalRecord]) -> Vec<f64> {
-    records
-        .iter()
-        .map(|r| f64::from(u8::from(r.evaluation.success)))
-        .collect()
-}
-
 /// Writes the records as JSON Lines under `out/eval/<name>.jsonl` and says what failed.
 fn keep(
     out: &Path,
@@ -188,19 +182,14 @@ fn keep(
     (trajectories, records): (Vec<Trajectory>, Vec<EvalRecord>),
 ) -> Result<Vec<f64>, Box<dyn std::error::Error>> {
     let records = &records;
-    let dir = out.join("eval");
-    std::fs::create_dir_all(&dir)?;
-    let file = std::fs::File::create(dir.join(format!("{name}.trajectories.jsonl")))?;
-    mtrl_core::write_jsonl(std::io::BufWriter::new(file), &trajectories)?;
-    let file = std::fs::File::create(dir.join(format!("{name}.jsonl")))?;
-    mtrl_core::write_jsonl(std::io::BufWriter::new(file), records)?;
+    episodes::write(&out.join("eval"), name, &trajectories, records)?;
     let mut kinds = std::collections::BTreeMap::new();
     for r in records {
         if let Some(f) = &r.evaluation.failure {
             *kinds.entry(f.kind.clone()).or_insert(0usize) += 1;
         }
     }
-    let ok = successes(records);
+    let ok = episodes::successes(records);
     say(&format!(
         "{name}: TSR {:.1}% on {} held-out tasks; failures {kinds:?}",
         100.0 * ok.iter().sum::<f64>() / ok.len().max(1) as f64,

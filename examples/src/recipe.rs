@@ -21,6 +21,7 @@ use mtrl_train::rl::{TrainConfig, Trainer};
 use mtrl_train::sampler::SamplingParams;
 use serde::{Deserialize, Serialize};
 
+use crate::episodes;
 use crate::progress::ProgressSink;
 
 /// A recipe file.
@@ -416,15 +417,8 @@ fn keep(
     seed: u64,
     (trajectories, records): (Vec<Trajectory>, Vec<EvalRecord>),
 ) -> Result<String, Box<dyn std::error::Error>> {
-    std::fs::create_dir_all(dir)?;
-    let file = std::fs::File::create(dir.join(format!("{name}.trajectories.jsonl")))?;
-    mtrl_core::write_jsonl(std::io::BufWriter::new(file), &trajectories)?;
-    let file = std::fs::File::create(dir.join(format!("{name}.jsonl")))?;
-    mtrl_core::write_jsonl(std::io::BufWriter::new(file), &records)?;
-    let ok: Vec<f64> = records
-        .iter()
-        .map(|r| f64::from(u8::from(r.evaluation.success)))
-        .collect();
+    episodes::write(dir, name, &trajectories, &records)?;
+    let ok = episodes::successes(&records);
     if ok.is_empty() {
         return Ok(format!("{name}: no tasks"));
     }
