@@ -16,7 +16,7 @@ use mtrl_eval::{Bootstrap, EvalRecord, FinalOutputEvaluator};
 use mtrl_reward::{ExactMatch, FieldAccuracy, Format, ToolCallValidity, WeightedSum};
 use mtrl_train::CandleAgent;
 use mtrl_train::engine::EngineConfig;
-use mtrl_train::model::{Lora, LoraConfig, ModelSource};
+use mtrl_train::model::{Lora, LoraConfig, ModelSource, Precision};
 use mtrl_train::rl::{TrainConfig, Trainer};
 use mtrl_train::sampler::SamplingParams;
 use serde::{Deserialize, Serialize};
@@ -65,6 +65,8 @@ pub struct ModelSpec {
     pub offline: bool,
     /// The context window episodes may use (the model's own when unset).
     pub context_window: Option<usize>,
+    /// The compute precision: `auto` (bf16 on CUDA, f32 on the CPU), `f32`, `bf16` or `f16`.
+    pub precision: Precision,
 }
 
 /// The SOP-Bench domain and its splits.
@@ -344,10 +346,13 @@ fn assemble(
     let factory = domain.environment(Mode::Strict)?;
     let source = recipe.model_source()?;
     say(&format!("loading the model from {source:?}"));
-    let loaded = source.load(&Device::cuda_if_available(0)?)?;
+    let device = Device::cuda_if_available(0)?;
+    let loaded = source.load(&device)?;
     let tokenizer = Arc::new(loaded.tokenizer);
     let template = Arc::new(loaded.template);
-    let mut model = loaded.model;
+    let dtype = recipe.model.precision.dtype(&device);
+    say(&format!("computing in {dtype:?} on {device:?}"));
+    let mut model = loaded.model.with_dtype(dtype)?;
     if let Some(lora) = &recipe.lora {
         let adapters = Lora::new(
             lora.clone(),

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use mtrl_examples::recipe::{Recipe, RecipeError, eval, train};
+use mtrl_train::model::Precision;
 
 const MINIMAL: &str = r#"
 out = "runs/x"
@@ -31,6 +32,7 @@ fn overrides_set_nested_values_as_toml_or_strings() {
             "lora.targets=[\"q_proj\", \"v_proj\"]",
             "out=runs/y",
             "data.max_test=5",
+            "model.precision=bf16",
         ]),
     )
     .unwrap();
@@ -41,6 +43,7 @@ fn overrides_set_nested_values_as_toml_or_strings() {
     assert_eq!((lora.rank, lora.targets.len()), (4, 2));
     assert_eq!(r.out, PathBuf::from("runs/y"));
     assert_eq!(r.data.max_test, Some(5));
+    assert_eq!(r.model.precision, Precision::Bf16);
     // Defaults where the file is silent.
     assert_eq!(r.data.fractions, [0.6, 0.2, 0.2]);
     assert_eq!(r.reward.exact_match, 1.0);
@@ -61,6 +64,7 @@ fn bad_recipes_are_typed_errors_that_name_the_problem() {
     bad(MINIMAL, &["model.hub=a/b"], "exactly one");
     bad(MINIMAL, &["data.fractions=[0.5, 0.5, 0.5]"], "fractions");
     bad(MINIMAL, &["train.group_size=0"], "group_size");
+    bad(MINIMAL, &["model.precision=f8"], "precision");
     bad("out = ", &[], "recipe");
     let missing = Recipe::load(Path::new("/nonexistent/recipe.toml"), &[]).unwrap_err();
     assert!(matches!(missing, RecipeError::Io { .. }));
@@ -72,6 +76,11 @@ fn the_shipped_recipe_parses() {
     let r = Recipe::load(&path, &[]).unwrap();
     assert!(r.train.activation_checkpointing, "SOP prompts need it");
     assert!(r.lora.is_some());
+    assert_eq!(
+        r.model.precision,
+        Precision::Auto,
+        "bf16 on CUDA, f32 on the CPU"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

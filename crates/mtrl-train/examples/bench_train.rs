@@ -1,19 +1,24 @@
 //! Train-step benchmark: forward, backward and an AdamW update of the differentiable path, for
-//! SmolLM2-135M (GGUF dequantized to f32) with LoRA (rank 8 on q, k, v, o) and with full
+//! SmolLM2-135M (GGUF dequantized) with LoRA (rank 8 on q, k, v, o) and with full
 //! fine-tuning, on `batch × length` token sequences whose every position is trained. Prints one
 //! JSON object (and writes it to the first argument, if given).
 //!
 //! `cargo run --release -p mtrl-train --example bench_train [out.json] [--random]
-//! [--batch B] [--length T] [--steps N] [--checkpointing] [--lora-only]`
-//! (`--random`: random weights of SmolLM2's shape; `--checkpointing`: activation
-//! checkpointing, [`CausalLm::checkpointed_grads`]; `--lora-only`: skip full fine-tuning, so
-//! that the peak memory reported is LoRA's; CUDA: build with `--features cuda`.) On Linux the
-//! figures include the process's peak resident memory.
+//! [--shape smollm2|qwen2.5-0.5b] [--dtype auto|f32|bf16|f16] [--batch B] [--length T]
+//! [--steps N] [--checkpointing] [--lora-only]`
+//! (`--random`: random weights of SmolLM2's shape; `--shape qwen2.5-0.5b`: random weights of
+//! Qwen2.5-0.5B's shape; `--dtype`: the compute precision, `auto` = bf16 on CUDA and f32 on
+//! the CPU; `--checkpointing`: activation checkpointing, [`CausalLm::checkpointed_grads`];
+//! `--lora-only`: skip full fine-tuning, so that the peak memory reported is LoRA's; CUDA:
+//! build with `--features cuda`.) On Linux the figures include the process's peak resident
+//! memory (host memory: sample `nvidia-smi` for the GPU's).
 
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
-use mtrl_train::model::{CausalLm, Lora, LoraConfig, ModelConfig, ModelSource, Module, Params};
+use candle_core::{DType, Device, Tensor};
+use mtrl_train::model::{
+    CausalLm, Lora, LoraConfig, ModelConfig, ModelSource, Module, Params, Precision,
+};
 use mtrl_train::rl::{AdamW, AdamWConfig, Grads};
 use serde_json::json;
 
@@ -25,16 +30,31 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn load(random: bool, device: &Device) -> Result<CausalLm, Box<dyn std::error::Error>> {
-    Ok(if random {
-        let config = ModelConfig::smollm2_135m();
-        let params = Params::random(&config, 0, device)?;
-        CausalLm::new(config, params, device)?
-    } else {
-        ModelSource::Gguf(mtrl_train::assets::smollm2_gguf()?)
-            .load(device)?
-            .model
-    })
+fn value<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+/// The model: random weights of `shape` (`Some`), else the SmolLM2 GGUF; in `dtype`.
+fn load(
+    shape: Option<&ModelConfig>,
+    dtype: DType,
+    device: &Device,
+) -> Result<CausalLm, Box<dyn std::error::Error>> {
+    let model = match shape {
+        Some(config) => {
+            let params = Params::random(config, 0, device)?;
+            CausalLm::new(config.clone(), params, device)?
+        }
+        None => {
+            ModelSource::Gguf(mtrl_train::assets::smollm2_gguf()?)
+                .load(device)?
+                .model
+        }
+    };
+    Ok(model.with_dtype(dtype)?)
 }
 
 /// The process's peak resident memory (`VmHWM`), on Linux.
@@ -88,8 +108,23 @@ fn time_steps(
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let random = args.iter().any(|a| a == "--random");
-    let valued = ["--batch", "--length", "--steps"];
+    let shape = match value(&args, "--shape") {
+        None | Some("smollm2") => None,
+        Some("qwen2.5-0.5b") => Some(ModelConfig::qwen2_5_0_5b()),
+        Some(other) => return Err(format!("unknown --shape {other}").into()),
+    };
+    let random = shape.is_some() || args.iter().any(|a| a == "--random");
+    let shape = match (shape, random) {
+        (Some(s), _) => Some(s),
+        (None, true) => Some(ModelConfig::smollm2_135m()),
+        (None, false) => None,
+    };
+    let precision: Precision = match value(&args, "--dtype") {
+        Some(name) => serde_json::from_value(json!(name))
+            .map_err(|_| format!("unknown --dtype {name}: auto, f32, bf16 or f16"))?,
+        None => Precision::Auto,
+    };
+    let valued = ["--batch", "--length", "--steps", "--shape", "--dtype"];
     let out_path = args
         .iter()
         .enumerate()
@@ -101,6 +136,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let checkpointing = args.iter().any(|a| a == "--checkpointing");
     let lora_only = args.iter().any(|a| a == "--lora-only");
     let device = Device::cuda_if_available(0)?;
+    let dtype = precision.dtype(&device);
     let vocab = 40_000u32;
     let ids: Vec<u32> = (0..batch * length)
         .map(|i| (i as u32).wrapping_mul(7919).wrapping_add(17) % vocab)
@@ -111,7 +147,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let tokens = (batch * length) as f64;
 
-    let lora_model = load(random, &device)?;
+    let lora_model = load(shape.as_ref(), dtype, &device)?;
     let lora = Lora::new(
         LoraConfig {
             rank: 8,
@@ -128,14 +164,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let full = if lora_only {
         None
     } else {
-        let full_model = load(random, &device)?;
+        let full_model = load(shape.as_ref(), dtype, &device)?;
         let full_s = time_steps(&full_model, &ids, &at, steps, checkpointing)?;
         Some(json!({"step_s": full_s, "tokens_per_s": tokens / full_s}))
     };
 
     let figures = json!({
         "device": format!("{device:?}"),
-        "model": if random { "random weights, SmolLM2-135M shape, f32" } else { "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to f32)" },
+        "model": match &shape {
+            Some(c) if c.vocab_size == ModelConfig::qwen2_5_0_5b().vocab_size => "random weights, Qwen2.5-0.5B shape",
+            Some(_) => "random weights, SmolLM2-135M shape",
+            None => "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized)",
+        },
+        "dtype": format!("{dtype:?}"),
         "rayon_num_threads": std::env::var("RAYON_NUM_THREADS").ok(),
         "batch": batch,
         "length": length,

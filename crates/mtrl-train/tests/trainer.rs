@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use candle_core::Device;
+use candle_core::{DType, Device};
 use mtrl_core::rollout::Limits;
 use mtrl_core::trajectory::Episode;
 use mtrl_core::{
@@ -37,10 +37,16 @@ fn template() -> Arc<ChatTemplate> {
 }
 
 fn model(seed: u64) -> Arc<CausalLm> {
+    model_in(seed, DType::F32)
+}
+
+/// The model computing in `dtype`.
+fn model_in(seed: u64, dtype: DType) -> Arc<CausalLm> {
     let mut config = ModelConfig::tiny(Architecture::Llama);
     config.vocab_size = tokenizer().vocab_size();
     let params = Params::random(&config, seed, &Device::Cpu).unwrap();
-    Arc::new(CausalLm::new(config, params, &Device::Cpu).unwrap())
+    let model = CausalLm::new(config, params, &Device::Cpu).unwrap();
+    Arc::new(model.with_dtype(dtype).unwrap())
 }
 
 fn agent(model: &Arc<CausalLm>) -> CandleAgent {
@@ -168,6 +174,8 @@ fn weight_hash(model: &CausalLm) -> u64 {
         for v in var
             .as_tensor()
             .flatten_all()
+            .unwrap()
+            .to_dtype(DType::F32)
             .unwrap()
             .to_vec1::<f32>()
             .unwrap()
@@ -322,6 +330,14 @@ async fn a_nan_loss_skips_the_update_and_is_never_checkpointed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_run_ends_with_the_same_weights_and_metrics() {
+    // In f32, and in bf16 (full fine-tuning: the optimiser's f32 master weights are saved).
+    for dtype in [DType::F32, DType::BF16] {
+        resume_matches_uninterrupted(dtype).await;
+    }
+}
+
+async fn resume_matches_uninterrupted(dtype: DType) {
+    let model = |seed| model_in(seed, dtype);
     let train = ["t0", "t1", "t2", "t3", "t4"];
     // Uninterrupted.
     let mut full = trainer(model(4), config(), &train);
@@ -333,11 +349,11 @@ async fn a_resumed_run_ends_with_the_same_weights_and_metrics() {
         full_metrics
             .iter()
             .any(|m| m.get(names::TRAIN_TOKENS).unwrap_or(0.0) > 0.0),
-        "nothing trained"
+        "{dtype:?}: nothing trained"
     );
 
     // Killed after two steps...
-    let dir = std::env::temp_dir().join(format!("mtrl-resume-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("mtrl-resume-{}-{dtype:?}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut first = trainer(model(4), config(), &train);
     first.step().await.unwrap();
@@ -352,12 +368,19 @@ async fn a_resumed_run_ends_with_the_same_weights_and_metrics() {
     resumed.run(None).await.unwrap();
     let mut metrics = first_metrics;
     metrics.extend(resumed.history().iter().map(untimed));
-    assert_eq!(weight_hash(resumed.model()), full_hash);
-    assert_eq!(metrics, full_metrics);
+    assert_eq!(weight_hash(resumed.model()), full_hash, "{dtype:?}");
+    assert_eq!(metrics, full_metrics, "{dtype:?}");
     assert_ne!(
         full_hash,
         weight_hash(&model(4)),
-        "training changed nothing"
+        "{dtype:?}: training changed nothing"
+    );
+    assert!(
+        resumed
+            .model()
+            .trainable()
+            .iter()
+            .all(|(_, v)| v.dtype() == dtype)
     );
 
     // A checkpoint of another config is refused.

@@ -145,6 +145,26 @@ impl ModelConfig {
         }
     }
 
+    /// Qwen2.5-0.5B's shape (for random-weight benchmarks).
+    pub fn qwen2_5_0_5b() -> Self {
+        Self {
+            architecture: Architecture::Qwen2,
+            vocab_size: 151_936,
+            hidden_size: 896,
+            intermediate_size: 4864,
+            num_layers: 24,
+            num_heads: 14,
+            num_kv_heads: 2,
+            head_dim: 64,
+            rope_theta: 1_000_000.0,
+            rms_norm_eps: 1e-6,
+            max_position_embeddings: 32_768,
+            tie_word_embeddings: true,
+            attention_bias: true,
+            qk_norm: false,
+        }
+    }
+
     /// A tiny Llama-shaped config, for tests.
     pub fn tiny(architecture: Architecture) -> Self {
         Self {

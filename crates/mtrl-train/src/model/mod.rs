@@ -8,11 +8,17 @@
 //!
 //! Both paths share everything else (projections, grouped-query attention, the MLP), and tests
 //! check that they agree.
+//!
+//! The weights and activations are in one compute dtype ([`CausalLm::dtype`]): f32, or bf16 /
+//! f16 with [`CausalLm::with_dtype`] (what [`Precision::Auto`] picks on CUDA). Whatever the
+//! dtype, RMS norms, attention softmax and log-softmax run in f32, logits come out in f32, and
+//! LoRA adapters stay in f32; the same code runs on the CPU and on CUDA.
 
 mod cache;
 mod config;
 mod load;
 mod lora;
+mod precision;
 mod skinny;
 mod weights;
 
@@ -24,6 +30,7 @@ pub use config::{Architecture, ModelConfig};
 pub use load::{LoadedModel, ModelSource};
 use lora::Adapter;
 pub use lora::{Lora, LoraConfig, Module, peft_name};
+pub use precision::Precision;
 pub use weights::Params;
 use weights::{Layer, Weights};
 
@@ -47,18 +54,23 @@ pub struct CausalLm {
     cos: Tensor,
     sin: Tensor,
     device: Device,
+    /// The compute dtype (the parameters').
+    dtype: DType,
     /// Bumped whenever the weights change in place ([`CausalLm::weights_changed`]).
     version: std::sync::atomic::AtomicU64,
 }
 
 impl CausalLm {
-    /// A model from its config and parameters (checked against each other).
+    /// A model from its config and parameters (checked against each other). It computes in
+    /// the parameters' dtype.
     ///
     /// # Errors
-    /// [`Error::Config`] or [`Error::Weights`] when they do not fit, or a candle error.
+    /// [`Error::Config`] or [`Error::Weights`] when they do not fit or are not all in one
+    /// float dtype (f32, bf16 or f16), or a candle error.
     pub fn new(config: ModelConfig, params: Params, device: &Device) -> Result<Self, Error> {
         config.validate()?;
         params.check(&config)?;
+        let dtype = params.dtype()?;
         let train = Weights::new(&params, &config, false, None)?;
         let infer = Weights::new(&params, &config, true, None)?;
         let half = config.head_dim / 2;
@@ -84,8 +96,34 @@ impl CausalLm {
             train,
             infer,
             device: device.clone(),
+            dtype,
             version: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The model computing in `dtype`: its parameters converted (bf16 or f16 halve the
+    /// memory of f32 and run on CUDA's tensor cores). LoRA adapters, if any, stay in f32.
+    /// Full fine-tuning of a bf16 or f16 model keeps f32 master weights in the optimiser
+    /// ([`crate::rl::AdamW`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a dtype other than f32, bf16 or f16, or a candle error.
+    pub fn with_dtype(self, dtype: DType) -> Result<Self, Error> {
+        precision::check_float(dtype)?;
+        if dtype == self.dtype {
+            return Ok(self);
+        }
+        let params = self.params.to_dtype(dtype)?;
+        let mut out = CausalLm::new(self.config, params, &self.device)?;
+        if let Some(lora) = self.lora {
+            out = out.with_lora(lora)?;
+        }
+        Ok(out)
+    }
+
+    /// The compute dtype: the parameters' and the activations'.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// The config.
@@ -161,13 +199,13 @@ impl CausalLm {
             if let Some(lora) = &self.lora {
                 if let Some((l, m)) = parse_projection(name) {
                     if let Some(delta) = lora.delta(l, m)? {
-                        t = (t + delta)?;
+                        t = (t.to_dtype(DType::F32)? + delta)?.to_dtype(self.dtype)?;
                     }
                 }
             }
             tensors.push((name.to_string(), t));
         }
-        let params = Params::from_tensors(tensors, &self.device)?;
+        let params = Params::from_tensors(tensors, &self.device)?.to_dtype(self.dtype)?;
         CausalLm::new(self.config.clone(), params, &self.device)
     }
 
@@ -198,7 +236,7 @@ impl CausalLm {
         let positions = Tensor::arange(0u32, t as u32, &self.device)?
             .unsqueeze(0)?
             .repeat((b, 1))?;
-        let mask = causal_mask(b, t, 0, &vec![0; b], &self.device)?;
+        let mask = self.causal_mask(b, t, 0, &vec![0; b])?;
         Ok((positions, mask))
     }
 
@@ -211,9 +249,12 @@ impl CausalLm {
     ) -> Result<(Tensor, Tensor), Error> {
         let flat_pos = positions.flatten_all()?;
         let half = self.config.head_dim / 2;
-        let cos = self.cos.index_select(&flat_pos, 0)?.reshape((b, t, half))?;
-        let sin = self.sin.index_select(&flat_pos, 0)?.reshape((b, t, half))?;
-        Ok((cos, sin))
+        let table = |x: &Tensor| -> Result<Tensor, Error> {
+            Ok(x.index_select(&flat_pos, 0)?
+                .reshape((b, t, half))?
+                .to_dtype(self.dtype)?)
+        };
+        Ok((table(&self.cos)?, table(&self.sin)?))
     }
 
     /// Logits `[batch, time, vocab]` for the next `[batch, time]` ids, through the fused path,
@@ -243,7 +284,7 @@ impl CausalLm {
             pos.extend((0..t).map(|j| (start + j).saturating_sub(pad) as u32));
         }
         let positions = Tensor::from_vec(pos, (b, t), &self.device)?;
-        let mask = causal_mask(b, t, start, cache.pad(), &self.device)?;
+        let mask = self.causal_mask(b, t, start, cache.pad())?;
         let out = self.forward(Path::Infer, ids, &positions, mask.as_ref(), Some(cache))?;
         Ok(out)
     }
@@ -287,7 +328,7 @@ impl CausalLm {
         self.logits(path, &x)
     }
 
-    /// Logits `[batch, time, vocab]` of final hidden states `[batch, time, hidden]`.
+    /// Logits `[batch, time, vocab]`, in f32, of final hidden states `[batch, time, hidden]`.
     fn logits(&self, path: Path, x: &Tensor) -> Result<Tensor, Error> {
         let (b, t, h) = x.dims3()?;
         let logits = project(
@@ -296,7 +337,25 @@ impl CausalLm {
             &self.weights(path).lm_head,
             None,
         )?;
-        Ok(logits.reshape((b, t, self.config.vocab_size))?)
+        Ok(logits
+            .to_dtype(DType::F32)?
+            .reshape((b, t, self.config.vocab_size))?)
+    }
+
+    /// The additive attention mask `[batch, t, start + t]` in the compute dtype: a query at
+    /// slot `start + j` of row `r` sees the keys at slots `pad[r] ..= start + j` (a padding
+    /// slot sees itself). `None` when nothing is masked (one new token, no padding).
+    fn causal_mask(
+        &self,
+        b: usize,
+        t: usize,
+        start: usize,
+        pad: &[usize],
+    ) -> Result<Option<Tensor>, Error> {
+        Ok(match causal_mask(b, t, start, pad, &self.device)? {
+            Some(m) => Some(m.to_dtype(self.dtype)?),
+            None => None,
+        })
     }
 
     fn weights(&self, path: Path) -> &Weights {
@@ -458,7 +517,8 @@ impl CausalLm {
         let n = picks.rows.len();
         let rows = Tensor::from_vec(picks.rows.clone(), n, &self.device)?;
         let picked = x.reshape((b * t, h))?.index_select(&rows, 0)?;
-        let logits = project(Path::Train, &picked, &self.train.lm_head, None)?;
+        let logits =
+            project(Path::Train, &picked, &self.train.lm_head, None)?.to_dtype(DType::F32)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let targets = Tensor::from_vec(picks.targets.clone(), (n, 1), &self.device)?;
         let chosen = logp.gather(&targets, 1)?.squeeze(1)?;
@@ -523,7 +583,8 @@ impl CausalLm {
             None => scores,
         };
         let probs = match path {
-            Path::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
+            Path::Train => candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?
+                .to_dtype(self.dtype)?,
             Path::Infer => candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?,
         };
         let attn = probs
@@ -544,8 +605,11 @@ impl CausalLm {
         Ok(match path {
             Path::Infer => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?,
             Path::Train => {
+                let x = x.to_dtype(DType::F32)?;
                 let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-                x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)?
+                x.broadcast_div(&(ms + eps)?.sqrt()?)?
+                    .to_dtype(self.dtype)?
+                    .broadcast_mul(w)?
             }
         })
     }
@@ -569,7 +633,7 @@ impl CausalLm {
 }
 
 /// `x [rows, in] · wᵀ` for a weight `w [out, in]`, plus the LoRA update `scale · (x·Aᵀ)·Bᵀ`
-/// when the projection has an adapter. Decoding a few rows on the CPU goes through the skinny
+/// when the projection has an adapter (computed in the adapter's dtype, f32). Decoding a few rows on the CPU goes through the skinny
 /// kernel ([`skinny`]); everything else through candle's matmul.
 fn project(path: Path, x: &Tensor, w: &Tensor, adapter: Option<&Adapter>) -> Result<Tensor, Error> {
     let mut y = None;
@@ -582,7 +646,14 @@ fn project(path: Path, x: &Tensor, w: &Tensor, adapter: Option<&Adapter>) -> Res
     };
     Ok(match adapter {
         None => y,
-        Some(a) => (y + (x.matmul(&a.a.t()?)?.matmul(&a.b.t()?)? * a.scale)?)?,
+        Some(a) => {
+            let delta = x
+                .to_dtype(a.a.dtype())?
+                .matmul(&a.a.t()?)?
+                .matmul(&a.b.t()?)?;
+            let delta = (delta * a.scale)?.to_dtype(y.dtype())?;
+            (y + delta)?
+        }
     })
 }
 
@@ -599,15 +670,13 @@ fn parse_projection(name: &str) -> Option<(usize, Module)> {
         .map(|m| (layer, m))
 }
 
-/// The additive attention mask `[batch, t, start + t]`: a query at slot `start + j` of row `r`
-/// sees the keys at slots `pad[r] ..= start + j` (a padding slot sees itself). `None` when nothing is masked (one new token,
-/// no padding).
 /// Flat rows and next-token targets picked for the output layer.
 struct Picks {
     rows: Vec<u32>,
     targets: Vec<u32>,
 }
 
+/// [`CausalLm::causal_mask`] in f32.
 fn causal_mask(
     b: usize,
     t: usize,

@@ -10,7 +10,8 @@ use super::lora::{Adapter, Lora, Module};
 use crate::Error;
 
 /// The model's parameters, as `Var`s under their Hugging Face names
-/// (`model.layers.0.self_attn.q_proj.weight`, …), in f32.
+/// (`model.layers.0.self_attn.q_proj.weight`, …), all in one float dtype (f32 unless converted
+/// with [`Params::to_dtype`]).
 pub struct Params {
     vars: Vec<(String, Var)>,
     index: HashMap<String, usize>,
@@ -72,6 +73,44 @@ impl Params {
             (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32
         }
         Self::from_tensors(tensors, device)
+    }
+
+    /// The same parameters converted to `dtype` (new variables; f32, bf16 or f16).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for another dtype, or a candle error.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self, Error> {
+        super::precision::check_float(dtype)?;
+        let vars = self
+            .vars
+            .iter()
+            .map(|(n, v)| {
+                Ok((
+                    n.clone(),
+                    Var::from_tensor(&v.as_tensor().to_dtype(dtype)?)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Self {
+            vars,
+            index: self.index.clone(),
+        })
+    }
+
+    /// The parameters' dtype.
+    ///
+    /// # Errors
+    /// [`Error::Weights`] when they are not all in one float dtype (f32, bf16 or f16).
+    pub fn dtype(&self) -> Result<DType, Error> {
+        let dtype = self.vars.first().map_or(DType::F32, |(_, v)| v.dtype());
+        if let Some((name, v)) = self.vars.iter().find(|(_, v)| v.dtype() != dtype) {
+            return Err(Error::Weights(format!(
+                "{name} is {:?}, the other parameters {dtype:?}",
+                v.dtype()
+            )));
+        }
+        super::precision::check_float(dtype).map_err(|e| Error::Weights(e.to_string()))?;
+        Ok(dtype)
     }
 
     /// The tensor of a parameter (tracked: gradients flow through it).

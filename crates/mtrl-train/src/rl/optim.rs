@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -21,14 +21,15 @@ impl Grads {
         Self::default()
     }
 
-    /// Adds one backward pass's gradients of `vars` (a parameter that got none is skipped).
+    /// Adds one backward pass's gradients of `vars` (a parameter that got none is skipped),
+    /// accumulated in f32 whatever the parameters' dtype.
     ///
     /// # Errors
     /// A candle error.
     pub fn add(&mut self, store: &GradStore, vars: &[(String, Var)]) -> Result<(), Error> {
         for (name, var) in vars {
             if let Some(g) = store.get(var.as_tensor()) {
-                let g = g.detach();
+                let g = g.detach().to_dtype(DType::F32)?;
                 let sum = match self.map.remove(name) {
                     Some(prev) => (prev + g)?,
                     None => g,
@@ -122,12 +123,17 @@ impl Default for AdamWConfig {
 struct Slot {
     name: String,
     var: Var,
+    /// The f32 master copy of a bf16 or f16 parameter: updates too small for the parameter's
+    /// precision accumulate here instead of being rounded away.
+    master: Option<Tensor>,
     m: Tensor,
     v: Tensor,
 }
 
-/// AdamW over named parameters. Its state (moments and step count) can be saved and restored
-/// exactly ([`AdamW::state`], [`AdamW::restore`]).
+/// AdamW over named parameters. Moments are f32; a parameter in bf16 or f16 gets an f32
+/// master copy that the update applies to, and the parameter is set to its rounding. Its
+/// state (moments, master copies and step count) can be saved and restored exactly
+/// ([`AdamW::state`], [`AdamW::restore`]).
 pub struct AdamW {
     config: AdamWConfig,
     slots: Vec<Slot>,
@@ -143,9 +149,15 @@ impl AdamW {
         let slots = vars
             .into_iter()
             .map(|(name, var)| {
-                let z = var.as_tensor().zeros_like()?;
+                let t = var.as_tensor();
+                let z = t.zeros_like()?.to_dtype(DType::F32)?;
+                let master = match t.dtype() {
+                    DType::F32 => None,
+                    _ => Some(t.detach().to_dtype(DType::F32)?),
+                };
                 Ok(Slot {
                     name,
+                    master,
                     m: z.clone(),
                     v: z,
                     var,
@@ -197,24 +209,39 @@ impl AdamW {
             let m_hat = (&slot.m / bc1)?;
             let v_hat = (&slot.v / bc2)?;
             let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
-            let theta = slot.var.as_tensor().detach();
+            let theta = match &slot.master {
+                Some(m) => m.clone(),
+                None => slot.var.as_tensor().detach(),
+            };
             let decayed = (&theta * (1.0 - lr * c.weight_decay))?;
-            slot.var.set(&(decayed - (update * lr)?)?)?;
+            let next = (decayed - (update * lr)?)?;
+            match &mut slot.master {
+                Some(m) => {
+                    slot.var.set(&next.to_dtype(slot.var.dtype())?)?;
+                    *m = next;
+                }
+                None => slot.var.set(&next)?,
+            }
         }
         Ok(())
     }
 
-    /// The moments by name (`m/<param>`, `v/<param>`) and the step count, for a checkpoint.
+    /// The moments by name (`m/<param>`, `v/<param>`), the master copies of bf16 or f16
+    /// parameters (`master/<param>`) and the step count, for a checkpoint.
     pub fn state(&self) -> (HashMap<String, Tensor>, u64) {
         let mut out = HashMap::new();
         for s in &self.slots {
             out.insert(format!("m/{}", s.name), s.m.clone());
             out.insert(format!("v/{}", s.name), s.v.clone());
+            if let Some(m) = &s.master {
+                out.insert(format!("master/{}", s.name), m.clone());
+            }
         }
         (out, self.steps)
     }
 
-    /// Restores moments and step count saved by [`AdamW::state`].
+    /// Restores what [`AdamW::state`] saved. A master copy missing from the state (one saved
+    /// from an f32 run) is taken from the parameter as it is now.
     ///
     /// # Errors
     /// [`Error::Weights`] when a moment is missing or misshapen.
@@ -236,7 +263,26 @@ impl AdamW {
                         s.var.as_tensor().dims()
                     )));
                 }
-                *dst = t.to_device(s.var.as_tensor().device())?;
+                *dst = t
+                    .to_dtype(DType::F32)?
+                    .to_device(s.var.as_tensor().device())?;
+            }
+            if s.master.is_some() {
+                let saved = tensors.remove(&format!("master/{}", s.name));
+                s.master = Some(match saved {
+                    Some(t) if t.dims() == s.var.as_tensor().dims() => t
+                        .to_dtype(DType::F32)?
+                        .to_device(s.var.as_tensor().device())?,
+                    Some(t) => {
+                        return Err(Error::Weights(format!(
+                            "optimiser state master/{} has shape {:?}, the parameter {:?}",
+                            s.name,
+                            t.dims(),
+                            s.var.as_tensor().dims()
+                        )));
+                    }
+                    None => s.var.as_tensor().detach().to_dtype(DType::F32)?,
+                });
             }
         }
         self.steps = steps;

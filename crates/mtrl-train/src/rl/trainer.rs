@@ -718,7 +718,11 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
         let mut weights = std::collections::HashMap::new();
         for (name, var) in &self.vars {
             let t = var.as_tensor();
-            let sum = t.sqr()?.sum_all()?.to_scalar::<f32>()?;
+            let sum = t
+                .to_dtype(candle_core::DType::F32)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f32>()?;
             if !sum.is_finite() {
                 return Err(Error::Weights(format!(
                     "{name} is not finite; the checkpoint is not written"
@@ -781,7 +785,7 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
                     var.as_tensor().dims()
                 )));
             }
-            var.set(&t)?;
+            var.set(&t.to_dtype(var.dtype())?)?;
         }
         let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &device)?;
         self.optimizer.restore(moments, steps)?;
