@@ -1,6 +1,7 @@
 //! The [`Environment`] contract: reset with a task, step with an action, close.
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::Result;
@@ -10,7 +11,8 @@ use crate::tool::ToolSpec;
 use crate::trajectory::{Episode, ToolResult, insert_tool_results};
 
 /// The first observation of an episode.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Reset {
     /// The opening messages: usually a system prompt and a user message.
     pub messages: Vec<Message>,
@@ -21,7 +23,8 @@ pub struct Reset {
 }
 
 /// The environment's answer to one assistant action.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Step {
     /// What the environment says back: tool results, a user reply. May be empty.
     pub messages: Vec<Message>,

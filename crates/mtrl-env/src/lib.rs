@@ -17,11 +17,15 @@
 //!   diagnostics, tasks, splits, and strict and upstream-parity environments.
 //! - [`audit`]: determinism, seed-dependence, answer leaks, schema fidelity and tool coverage,
 //!   for any environment.
+//! - `remote` (feature `remote`): any environment served over HTTP, and a client that is an
+//!   environment, so that environments can live in another process or on another machine.
 
 pub mod audit;
 pub mod bindings;
 pub mod error;
 pub mod layers;
+#[cfg(feature = "remote")]
+pub mod remote;
 pub mod sop_bench;
 pub mod sources;
 pub mod tool;
