@@ -31,6 +31,9 @@ enum Command {
     /// Audit SOP-Bench environments: determinism, seed-dependence, answer leaks, schema
     /// fidelity, tool coverage.
     Audit(AuditArgs),
+    /// Serve a SOP-Bench domain's environment over HTTP (the API of `mtrl_env::remote`) until
+    /// interrupted; trainers and evaluators reach it with `mtrl_env::remote::RemoteFactory`.
+    ServeEnv(ServeEnvArgs),
     /// Write the HTML report of a run from its metrics file (JSON Lines, one step per line),
     /// with the reward-hacking alarms raised along the way.
     Report(ReportArgs),
@@ -132,6 +135,34 @@ struct AuditArgs {
     target: AuditTarget,
 }
 
+#[derive(clap::Args)]
+struct ServeEnvArgs {
+    /// The SOP-Bench domain.
+    #[arg(long)]
+    domain: String,
+    /// A local SOP-Bench directory (default: $MTRL_SOP_BENCH_DIR, else the hub dataset).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Where to listen (port 0 picks a free one; the first line printed says which).
+    #[arg(long, default_value = "127.0.0.1:8750")]
+    addr: std::net::SocketAddr,
+    /// Upstream's exact tool behaviour instead of strict validation.
+    #[arg(long)]
+    parity: bool,
+    /// The most sessions open at once.
+    #[arg(long, default_value_t = 1024)]
+    max_sessions: usize,
+    /// Seconds a session may stay idle before it is closed.
+    #[arg(long, default_value_t = 600.0)]
+    idle_timeout: f64,
+    /// Seconds a reset, step or close may take.
+    #[arg(long, default_value_t = 60.0)]
+    step_timeout: f64,
+    /// The largest request body, in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum AuditTarget {
     /// Upstream's task inputs and tool text (parity mode).
@@ -147,6 +178,7 @@ fn main() -> ExitCode {
         Command::Train(args) => run_train(args),
         Command::Eval(args) => run_eval(args),
         Command::Audit(args) => run_audit(args),
+        Command::ServeEnv(args) => run_serve_env(args),
         Command::Report(args) => run_report(args),
     };
     match result {
@@ -270,6 +302,52 @@ fn run_train(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
         println!("{line}");
     }
     Ok(())
+}
+
+fn run_serve_env(args: ServeEnvArgs) -> Result<(), Box<dyn std::error::Error>> {
+    use mtrl_env::remote::{EnvServer, ServerConfig};
+    use mtrl_env::sop_bench::Mode;
+    use std::io::Write;
+    use std::time::Duration;
+    let source = match &args.data {
+        Some(dir) => Source::Dir(dir.clone()),
+        None => Source::from_env(),
+    };
+    let domain = Domain::load(&source, &args.domain)?;
+    let mode = if args.parity {
+        Mode::Parity
+    } else {
+        Mode::Strict
+    };
+    let seconds = |name: &str, s: f64| {
+        Duration::try_from_secs_f64(s)
+            .map_err(|_| format!("--{name} must be a number of seconds ≥ 0"))
+    };
+    let config = ServerConfig {
+        max_sessions: args.max_sessions,
+        idle_timeout: seconds("idle-timeout", args.idle_timeout)?,
+        step_timeout: seconds("step-timeout", args.step_timeout)?,
+        max_body_bytes: args.max_body_bytes,
+    };
+    let factory = domain.environment(mode)?;
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let server = EnvServer::new(factory, config).bind(args.addr).await?;
+        // The first line on stdout is the URL, for scripts that start the server on port 0.
+        println!("{}", server.url());
+        std::io::stdout().flush()?;
+        eprintln!(
+            "[mtrl] serving SOP-Bench {} ({} tools, {:?} mode) at {}; Ctrl-C stops",
+            domain.name(),
+            domain.tools().len(),
+            mode,
+            server.url()
+        );
+        tokio::signal::ctrl_c().await?;
+        eprintln!("[mtrl] stopping: closing the open sessions");
+        server.shutdown().await?;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
 }
 
 fn run_eval(args: EvalArgs) -> Result<(), Box<dyn std::error::Error>> {
