@@ -21,7 +21,8 @@ use mtrl_env::remote::{
 use serde_json::{Value, json};
 
 /// Counts its steps; its answers depend on the task, the seed and every earlier action, so a
-/// leak between sessions shows. Actions `fail`, `panic` and `slow` misbehave.
+/// leak between sessions shows. Actions `fail`, `panic` and `slow` misbehave; `pause` takes
+/// 300 ms.
 struct Counter {
     label: String,
     seen: Vec<String>,
@@ -44,6 +45,7 @@ impl Environment for Counter {
             "fail" => return Err(mtrl_core::Error::environment("asked to fail")),
             "panic" => panic!("asked to panic"),
             "slow" => tokio::time::sleep(Duration::from_secs(5)).await,
+            "pause" => tokio::time::sleep(Duration::from_millis(300)).await,
             _ => {}
         }
         self.seen.push(action.content.clone());
@@ -249,6 +251,45 @@ async fn bad_requests_get_their_4xx_and_other_sessions_keep_their_state() {
     assert_eq!(status, 200);
     let r = send(&http, M::POST, step_url, Some((JSON, &step2))).await;
     assert_error(&r, ErrorCode::UnknownSession);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_whose_answer_was_lost_is_replayed_not_repeated() {
+    let (server, steps) = serve(ServerConfig::default()).await;
+    let base = server.url();
+    let http = reqwest::Client::new();
+    let (status, body) = send(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/v1/sessions"),
+        Some((JSON, &create_body("lost").to_string())),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let created: SessionCreated = serde_json::from_value(body).unwrap();
+    let url = format!("{base}/v1/sessions/{}/step", created.session);
+    let step1 = json!({"seq": 1, "action": Message::assistant("pause")}).to_string();
+    // The client hangs up before the answer comes...
+    let lost = http
+        .post(&url)
+        .header("content-type", JSON)
+        .body(step1.clone())
+        .timeout(Duration::from_millis(50))
+        .send()
+        .await;
+    assert!(lost.unwrap_err().is_timeout());
+    // ...the step still completes and is recorded: sending it again replays its answer.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (status, again) = send(&http, reqwest::Method::POST, url, Some((JSON, &step1))).await;
+    assert_eq!(status, 200, "{again}");
+    let again: StepAnswer = serde_json::from_value(again).unwrap();
+    assert_eq!(again.step.messages[0].content, r#"lost#7 saw ["pause"]"#);
+    assert_eq!(
+        steps.load(Ordering::SeqCst),
+        1,
+        "the environment stepped once"
+    );
     server.shutdown().await.unwrap();
 }
 

@@ -398,6 +398,17 @@ fn panic_message(e: tokio::task::JoinError) -> String {
     }
 }
 
+/// Runs a request's work in its own task, so that a client that hangs up cannot cancel it
+/// halfway (a session half made, a step taken but not recorded).
+async fn detached(work: impl std::future::Future<Output = Response> + Send + 'static) -> Response {
+    tokio::spawn(work).await.unwrap_or_else(|e| {
+        fail(
+            ErrorCode::EnvironmentError,
+            format!("the request failed: {e}"),
+        )
+    })
+}
+
 async fn create<F>(
     State(shared): State<Arc<Shared<F>>>,
     body: Result<Json<CreateSession>, JsonRejection>,
@@ -406,10 +417,17 @@ where
     F: EnvironmentFactory + Send + 'static,
     F::Env: 'static,
 {
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(r) => return rejected(r),
-    };
+    match body {
+        Ok(Json(req)) => detached(create_session(shared, req)).await,
+        Err(r) => rejected(r),
+    }
+}
+
+async fn create_session<F>(shared: Arc<Shared<F>>, req: CreateSession) -> Response
+where
+    F: EnvironmentFactory + Send + 'static,
+    F::Env: 'static,
+{
     {
         let mut table = lock(&shared.table);
         if table.sessions.len() + table.pending >= shared.config.max_sessions {
@@ -494,10 +512,17 @@ where
     F: EnvironmentFactory + Send + 'static,
     F::Env: 'static,
 {
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(r) => return rejected(r),
-    };
+    match body {
+        Ok(Json(req)) => detached(step_session(shared, id, req)).await,
+        Err(r) => rejected(r),
+    }
+}
+
+async fn step_session<F>(shared: Arc<Shared<F>>, id: String, req: StepRequest) -> Response
+where
+    F: EnvironmentFactory + Send + 'static,
+    F::Env: 'static,
+{
     let Some(session) = shared.session(&id) else {
         return unknown(&id);
     };
@@ -561,6 +586,14 @@ where
 }
 
 async fn close<F>(State(shared): State<Arc<Shared<F>>>, Path(id): Path<String>) -> Response
+where
+    F: EnvironmentFactory + Send + 'static,
+    F::Env: 'static,
+{
+    detached(close_session(shared, id)).await
+}
+
+async fn close_session<F>(shared: Arc<Shared<F>>, id: String) -> Response
 where
     F: EnvironmentFactory + Send + 'static,
     F::Env: 'static,
