@@ -139,15 +139,6 @@ fn driver(domain: &Domain, concurrency: usize) -> RolloutDriver {
     .with_concurrency(concurrency)
 }
 
-fn untimed(mut t: Trajectory) -> Trajectory {
-    t.timing = Default::default();
-    for turn in &mut t.turns {
-        turn.agent_us = 0;
-        turn.env_us = 0;
-    }
-    t
-}
-
 fn tasks(domain: &Domain, skip: usize, n: usize) -> Vec<Task> {
     let all = domain.tasks(InputPolicy::Mtrl).unwrap();
     assert!(all.len() >= skip + n, "customer_service has enough tasks");
@@ -200,7 +191,12 @@ async fn sixty_four_concurrent_remote_sessions_equal_local_runs_and_evaluate_ali
         assert_eq!(r.stop, StopReason::Answered, "{:?}", r.error);
         assert!(r.close_error.is_none());
         tool_results += r.turns.iter().map(|t| t.observations.len()).sum::<usize>();
-        assert_eq!(untimed(l.clone()), untimed(r.clone()), "task {}", l.task_id);
+        assert_eq!(
+            l.clone().untimed(),
+            r.clone().untimed(),
+            "task {}",
+            l.task_id
+        );
     }
     assert!(tool_results >= 64, "the episodes called tools");
     // And they evaluate alike: every labelled answer succeeds strictly.
@@ -339,7 +335,7 @@ async fn a_killed_server_fails_only_the_episodes_in_flight() {
         .await;
     for (r, l) in fresh.into_iter().flatten().zip(local.into_iter().flatten()) {
         assert_eq!(r.stop, StopReason::Answered, "{:?}", r.error);
-        assert_eq!(untimed(r), untimed(l));
+        assert_eq!(r.untimed(), l.untimed());
     }
     let stderr = served.kill();
     assert!(!stderr.contains("panicked"), "{stderr}");

@@ -530,6 +530,18 @@ impl Trajectory {
         }
     }
 
+    /// The trajectory with every wall-clock figure zeroed (its [`Timing`] and each turn's
+    /// `agent_us` and `env_us`): what two runs of the same episode share, for comparing them.
+    #[must_use]
+    pub fn untimed(mut self) -> Self {
+        self.timing = Timing::default();
+        for turn in &mut self.turns {
+            turn.agent_us = 0;
+            turn.env_us = 0;
+        }
+        self
+    }
+
     /// The whole conversation: the prompt, then each turn's action and observations.
     pub fn messages(&self) -> Vec<Message> {
         let mut out = self.prompt.clone();

@@ -124,14 +124,7 @@ async fn a_rerun_gives_the_same_results_in_the_same_order() {
         groups
             .into_iter()
             .flatten()
-            .map(|mut t| {
-                t.timing = Default::default();
-                for turn in &mut t.turns {
-                    turn.agent_us = 0;
-                    turn.env_us = 0;
-                }
-                t
-            })
+            .map(mtrl_core::Trajectory::untimed)
             .collect::<Vec<_>>()
     };
     let a = strip(

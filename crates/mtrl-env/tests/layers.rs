@@ -192,11 +192,9 @@ fn strip_timing(mut groups: Vec<Vec<Trajectory>>) -> Vec<Trajectory> {
     groups
         .drain(..)
         .flatten()
-        .map(|mut t| {
-            t.timing = Default::default();
+        .map(|t| {
+            let mut t = t.untimed();
             for turn in &mut t.turns {
-                turn.agent_us = 0;
-                turn.env_us = 0;
                 turn.info.clear();
             }
             t

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use mtrl_core::rollout::RolloutDriver;
 use mtrl_core::{
     Action, Agent, Environment, EnvironmentFactory, Episode, Limits, Message, Reset, Step,
-    StopReason, Task, Trajectory, TurnContext,
+    StopReason, Task, TurnContext,
 };
 use mtrl_env::remote::{
     ClientConfig, EnvServer, ErrorBody, ErrorCode, Health, RemoteError, RemoteFactory,
@@ -373,15 +373,6 @@ impl Agent for Talker {
     }
 }
 
-fn untimed(mut t: Trajectory) -> Trajectory {
-    t.timing = Default::default();
-    for turn in &mut t.turns {
-        turn.agent_us = 0;
-        turn.env_us = 0;
-    }
-    t
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_episodes_equal_local_ones_and_an_absent_server_is_an_environment_error() {
     let (server, _) = serve(ServerConfig::default()).await;
@@ -399,7 +390,7 @@ async fn remote_episodes_equal_local_ones_and_an_absent_server_is_an_environment
     {
         assert_eq!(l.stop, StopReason::Answered);
         assert!(r.close_error.is_none(), "{:?}", r.close_error);
-        assert_eq!(untimed(l), untimed(r));
+        assert_eq!(l.untimed(), r.untimed());
     }
     // Every session was closed.
     assert_eq!(remote_factory.health().await.unwrap().sessions, 0);
