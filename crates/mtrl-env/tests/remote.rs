@@ -61,7 +61,8 @@ impl Environment for Counter {
 fn counter_factory(
     steps: Arc<AtomicUsize>,
 ) -> impl Fn(&Task, &Episode) -> mtrl_core::Result<Counter> + Send + Sync + 'static {
-    move |_task: &Task, _episode: &Episode| {
+    move |task: &Task, _episode: &Episode| {
+        assert!(task.id() != "explode", "the factory panics for this task");
         Ok(Counter {
             label: String::new(),
             seen: Vec::new(),
@@ -207,6 +208,15 @@ async fn bad_requests_get_their_4xx_and_other_sessions_keep_their_state() {
     let step5 = json!({"seq": 5, "action": Message::assistant("b")}).to_string();
     let r = send(&http, M::POST, step_url.clone(), Some((JSON, &step5))).await;
     assert_error(&r, ErrorCode::OutOfOrder);
+    // A factory that panics is the environment's error, and its place is given back.
+    let r = send(
+        &http,
+        M::POST,
+        sessions.clone(),
+        Some((JSON, &create_body("explode").to_string())),
+    )
+    .await;
+    assert_error(&r, ErrorCode::EnvironmentError);
     // Too many sessions: the second fits, the third does not.
     let two = send(
         &http,

@@ -186,32 +186,27 @@ impl Inner {
             if let Some(b) = body {
                 req = req.json(b);
             }
-            let retry = match req.send().await {
+            let may_retry = attempt <= self.config.retries;
+            match req.send().await {
                 Ok(resp) => {
                     let status = resp.status();
                     let transient = status == StatusCode::SERVICE_UNAVAILABLE
                         || (status == StatusCode::TOO_MANY_REQUESTS && call == "create");
-                    if transient && attempt <= self.config.retries {
-                        true
-                    } else {
+                    if !(transient && may_retry) {
                         return read(call, resp).await;
                     }
                 }
+                // A failed connection never reached the server: any call may go again.
+                Err(e) if may_retry && (idempotent || e.is_connect()) => {}
                 Err(e) => {
-                    let safe = idempotent || e.is_connect();
-                    if safe && attempt <= self.config.retries {
-                        true
-                    } else {
-                        return Err(RemoteError::Transport {
-                            call,
-                            url,
-                            attempts: attempt,
-                            source: e,
-                        });
-                    }
+                    return Err(RemoteError::Transport {
+                        call,
+                        url,
+                        attempts: attempt,
+                        source: e,
+                    });
                 }
-            };
-            debug_assert!(retry);
+            }
             let wait = self
                 .config
                 .backoff

@@ -187,6 +187,15 @@ struct Table<E> {
     pending: usize,
 }
 
+/// Releases a place reserved for a session being created, when dropped.
+struct Pending<'a, E>(&'a Mutex<Table<E>>);
+
+impl<E> Drop for Pending<'_, E> {
+    fn drop(&mut self) {
+        lock(self.0).pending -= 1;
+    }
+}
+
 struct Shared<F: EnvironmentFactory> {
     factory: F,
     config: ServerConfig,
@@ -441,15 +450,17 @@ where
         }
         table.pending += 1;
     }
-    let answer = open(&shared, req).await;
-    lock(&shared.table).pending -= 1;
-    match answer {
+    // Counted until the session is in the table or refused, even if the factory panics.
+    let pending = Pending(&shared.table);
+    let answer = match open(&shared, req).await {
         Ok((id, session, reset)) => {
             lock(&shared.table).sessions.insert(id.clone(), session);
             ok(StatusCode::CREATED, &SessionCreated { session: id, reset })
         }
         Err(r) => r,
-    }
+    };
+    drop(pending);
+    answer
 }
 
 /// Makes and resets one session's environment.
