@@ -199,7 +199,7 @@ impl CausalLm {
             if let Some(lora) = &self.lora {
                 if let Some((l, m)) = parse_projection(name) {
                     if let Some(delta) = lora.delta(l, m)? {
-                        t = (t.to_dtype(DType::F32)? + delta)?.to_dtype(self.dtype)?;
+                        t = (t.to_dtype(DType::F32)? + delta)?;
                     }
                 }
             }
@@ -238,6 +238,16 @@ impl CausalLm {
             .repeat((b, 1))?;
         let mask = self.causal_mask(b, t, 0, &vec![0; b])?;
         Ok((positions, mask))
+    }
+
+    /// The embeddings `[batch, time, hidden]` of ids `[batch, time]`.
+    fn embed(&self, w: &Weights, ids: &Tensor) -> Result<Tensor, Error> {
+        let (b, t) = ids.dims2()?;
+        Ok(w.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
+            b,
+            t,
+            self.config.hidden_size,
+        ))?)
     }
 
     /// RoPE's cosine and sine tables `[batch, time, head_dim / 2]` at `positions`.
@@ -300,11 +310,7 @@ impl CausalLm {
     ) -> Result<Tensor, Error> {
         let w = self.weights(path);
         let (b, t) = ids.dims2()?;
-        let h = self.config.hidden_size;
-        let mut x = w
-            .embed
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, h))?;
+        let mut x = self.embed(w, ids)?;
         let (cos, sin) = self.rope_tables(positions, b, t)?;
         for (l, layer) in w.layers.iter().enumerate() {
             let kv = cache.as_deref_mut().map(|c| (c, l));
@@ -352,10 +358,23 @@ impl CausalLm {
         start: usize,
         pad: &[usize],
     ) -> Result<Option<Tensor>, Error> {
-        Ok(match causal_mask(b, t, start, pad, &self.device)? {
-            Some(m) => Some(m.to_dtype(self.dtype)?),
-            None => None,
-        })
+        if t == 1 && pad.iter().all(|p| *p == 0) {
+            return Ok(None);
+        }
+        let kv = start + t;
+        let mut data = Vec::with_capacity(b * t * kv);
+        for p in pad.iter().take(b) {
+            for j in 0..t {
+                for s in 0..kv {
+                    // A padding slot sees only itself, so that no row is masked entirely
+                    // (which would make NaNs that leak into the cache).
+                    let visible = (s >= *p && s <= start + j) || s == start + j;
+                    data.push(if visible { 0.0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+        let mask = Tensor::from_vec(data, (b, t, kv), &self.device)?;
+        Ok(Some(mask.to_dtype(self.dtype)?))
     }
 
     fn weights(&self, path: Path) -> &Weights {
@@ -424,16 +443,9 @@ impl CausalLm {
         let w = &self.train;
         let (positions, mask) = self.train_positions(b, t)?;
         let (cos, sin) = self.rope_tables(&positions, b, t)?;
-        let embed = |ids: &Tensor| -> Result<Tensor, Error> {
-            Ok(w.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
-                b,
-                t,
-                self.config.hidden_size,
-            ))?)
-        };
         // Forward: each layer's input, detached (the graph of each layer is dropped at once).
         let mut inputs = Vec::with_capacity(w.layers.len());
-        let mut x = embed(ids)?.detach();
+        let mut x = self.embed(w, ids)?.detach();
         for layer in &w.layers {
             let next = self
                 .layer(Path::Train, layer, &x, &cos, &sin, mask.as_ref(), None)?
@@ -487,7 +499,7 @@ impl CausalLm {
             keep(&mut store)?;
         }
         if let Some(g) = upstream {
-            keep(&mut (embed(ids)? * g)?.sum_all()?.backward()?)?;
+            keep(&mut (self.embed(w, ids)? * g)?.sum_all()?.backward()?)?;
         }
         Ok((out, Some(total)))
     }
@@ -633,8 +645,9 @@ impl CausalLm {
 }
 
 /// `x [rows, in] · wᵀ` for a weight `w [out, in]`, plus the LoRA update `scale · (x·Aᵀ)·Bᵀ`
-/// when the projection has an adapter (computed in the adapter's dtype, f32). Decoding a few rows on the CPU goes through the skinny
-/// kernel ([`skinny`]); everything else through candle's matmul.
+/// when the projection has an adapter (computed in the adapter's dtype, f32). Decoding a few
+/// rows on the CPU goes through the skinny kernel ([`skinny`]); everything else through
+/// candle's matmul.
 fn project(path: Path, x: &Tensor, w: &Tensor, adapter: Option<&Adapter>) -> Result<Tensor, Error> {
     let mut y = None;
     if path == Path::Infer {
@@ -674,30 +687,4 @@ fn parse_projection(name: &str) -> Option<(usize, Module)> {
 struct Picks {
     rows: Vec<u32>,
     targets: Vec<u32>,
-}
-
-/// [`CausalLm::causal_mask`] in f32.
-fn causal_mask(
-    b: usize,
-    t: usize,
-    start: usize,
-    pad: &[usize],
-    device: &Device,
-) -> Result<Option<Tensor>, Error> {
-    if t == 1 && pad.iter().all(|p| *p == 0) {
-        return Ok(None);
-    }
-    let kv = start + t;
-    let mut data = Vec::with_capacity(b * t * kv);
-    for p in pad.iter().take(b) {
-        for j in 0..t {
-            for s in 0..kv {
-                // A padding slot sees only itself, so that no row is masked entirely (which
-                // would make NaNs that leak into the cache).
-                let visible = (s >= *p && s <= start + j) || s == start + j;
-                data.push(if visible { 0.0f32 } else { f32::NEG_INFINITY });
-            }
-        }
-    }
-    Ok(Some(Tensor::from_vec(data, (b, t, kv), device)?))
 }
