@@ -250,37 +250,30 @@ impl AdamW {
         mut tensors: HashMap<String, Tensor>,
         steps: u64,
     ) -> Result<(), Error> {
+        // A saved tensor of a slot, checked against its parameter, in f32 on its device.
+        let mut take = |name: String, var: &Var| -> Result<Option<Tensor>, Error> {
+            let Some(t) = tensors.remove(&name) else {
+                return Ok(None);
+            };
+            let like = var.as_tensor();
+            if t.dims() != like.dims() {
+                return Err(Error::Weights(format!(
+                    "optimiser state {name} has shape {:?}, the parameter {:?}",
+                    t.dims(),
+                    like.dims()
+                )));
+            }
+            Ok(Some(t.to_dtype(DType::F32)?.to_device(like.device())?))
+        };
         for s in &mut self.slots {
             for (key, dst) in [("m", &mut s.m), ("v", &mut s.v)] {
                 let name = format!("{key}/{}", s.name);
-                let t = tensors
-                    .remove(&name)
+                *dst = take(name.clone(), &s.var)?
                     .ok_or_else(|| Error::Weights(format!("optimiser state has no {name}")))?;
-                if t.dims() != s.var.as_tensor().dims() {
-                    return Err(Error::Weights(format!(
-                        "optimiser state {name} has shape {:?}, the parameter {:?}",
-                        t.dims(),
-                        s.var.as_tensor().dims()
-                    )));
-                }
-                *dst = t
-                    .to_dtype(DType::F32)?
-                    .to_device(s.var.as_tensor().device())?;
             }
             if s.master.is_some() {
-                let saved = tensors.remove(&format!("master/{}", s.name));
-                s.master = Some(match saved {
-                    Some(t) if t.dims() == s.var.as_tensor().dims() => t
-                        .to_dtype(DType::F32)?
-                        .to_device(s.var.as_tensor().device())?,
-                    Some(t) => {
-                        return Err(Error::Weights(format!(
-                            "optimiser state master/{} has shape {:?}, the parameter {:?}",
-                            s.name,
-                            t.dims(),
-                            s.var.as_tensor().dims()
-                        )));
-                    }
+                s.master = Some(match take(format!("master/{}", s.name), &s.var)? {
+                    Some(t) => t,
                     None => s.var.as_tensor().detach().to_dtype(DType::F32)?,
                 });
             }
