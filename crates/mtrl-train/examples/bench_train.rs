@@ -23,9 +23,7 @@ use mtrl_train::rl::{AdamW, AdamWConfig, Grads};
 use serde_json::json;
 
 fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
+    value(args, name)
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
@@ -108,16 +106,13 @@ fn time_steps(
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Random weights of a shape (with its name), or the SmolLM2 GGUF (`None`).
+    let random = args.iter().any(|a| a == "--random");
     let shape = match value(&args, "--shape") {
+        Some("qwen2.5-0.5b") => Some(("Qwen2.5-0.5B", ModelConfig::qwen2_5_0_5b())),
+        None | Some("smollm2") if random => Some(("SmolLM2-135M", ModelConfig::smollm2_135m())),
         None | Some("smollm2") => None,
-        Some("qwen2.5-0.5b") => Some(ModelConfig::qwen2_5_0_5b()),
         Some(other) => return Err(format!("unknown --shape {other}").into()),
-    };
-    let random = shape.is_some() || args.iter().any(|a| a == "--random");
-    let shape = match (shape, random) {
-        (Some(s), _) => Some(s),
-        (None, true) => Some(ModelConfig::smollm2_135m()),
-        (None, false) => None,
     };
     let precision: Precision = match value(&args, "--dtype") {
         Some(name) => serde_json::from_value(json!(name))
@@ -147,7 +142,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let tokens = (batch * length) as f64;
 
-    let lora_model = load(shape.as_ref(), dtype, &device)?;
+    let lora_model = load(shape.as_ref().map(|(_, c)| c), dtype, &device)?;
     let lora = Lora::new(
         LoraConfig {
             rank: 8,
@@ -164,7 +159,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let full = if lora_only {
         None
     } else {
-        let full_model = load(shape.as_ref(), dtype, &device)?;
+        let full_model = load(shape.as_ref().map(|(_, c)| c), dtype, &device)?;
         let full_s = time_steps(&full_model, &ids, &at, steps, checkpointing)?;
         Some(json!({"step_s": full_s, "tokens_per_s": tokens / full_s}))
     };
@@ -172,9 +167,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let figures = json!({
         "device": format!("{device:?}"),
         "model": match &shape {
-            Some(c) if c.vocab_size == ModelConfig::qwen2_5_0_5b().vocab_size => "random weights, Qwen2.5-0.5B shape",
-            Some(_) => "random weights, SmolLM2-135M shape",
-            None => "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized)",
+            Some((name, _)) => format!("random weights, {name} shape"),
+            None => "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized)".to_string(),
         },
         "dtype": format!("{dtype:?}"),
         "rayon_num_threads": std::env::var("RAYON_NUM_THREADS").ok(),
