@@ -2,9 +2,12 @@
 //! it saves in PEFT's names and layout and loads back, and bad adapters are typed errors.
 //! Also: the trainer's selected-position logprobs equal the full forward's.
 
+mod common;
+
 use candle_core::{D, Device, Tensor};
+use common::{decode_stepwise, max_diff};
 use mtrl_train::model::{
-    Architecture, CausalLm, KvCache, Lora, LoraConfig, ModelConfig, Module, Params, peft_name,
+    Architecture, CausalLm, Lora, LoraConfig, ModelConfig, Module, Params, peft_name,
 };
 
 fn tiny(arch: Architecture) -> (ModelConfig, CausalLm) {
@@ -14,38 +17,14 @@ fn tiny(arch: Architecture) -> (ModelConfig, CausalLm) {
     (config, model)
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 fn ids() -> Tensor {
     let ids: Vec<u32> = (0..24).map(|i| (i * 13 + 5) % 97).collect();
     Tensor::from_vec(ids, (2, 12), &Device::Cpu).unwrap()
 }
 
+/// The fused path over `ids()`: five ids, then one at a time.
 fn cached(model: &CausalLm, ids: &Tensor) -> Tensor {
-    let mut cache = KvCache::new(model.config().num_layers, 2);
-    let head = model
-        .forward_cached(&ids.narrow(1, 0, 5).unwrap(), &mut cache)
-        .unwrap();
-    let mut parts = vec![head];
-    for j in 5..12 {
-        parts.push(
-            model
-                .forward_cached(&ids.narrow(1, j, 1).unwrap(), &mut cache)
-                .unwrap(),
-        );
-    }
-    Tensor::cat(&parts, 1).unwrap()
+    decode_stepwise(model, ids, 5)
 }
 
 fn all_targets() -> LoraConfig {

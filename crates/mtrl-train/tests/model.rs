@@ -2,7 +2,10 @@
 //! batched left-padded decoding equals decoding one row at a time, and gradients reach every
 //! parameter of the differentiable path.
 
+mod common;
+
 use candle_core::{D, DType, Device, Tensor};
+use common::{decode_stepwise, max_diff};
 use mtrl_train::model::{Architecture, CausalLm, KvCache, ModelConfig, ModelSource, Params};
 
 fn tiny(arch: Architecture, seed: u64) -> CausalLm {
@@ -18,16 +21,7 @@ fn log_softmax(logits: &Tensor) -> Tensor {
 /// Max |Δ| of log-softmax and whether the top-1 token agrees at every position.
 fn compare(a: &Tensor, b: &Tensor) -> (f32, bool) {
     let (a, b) = (log_softmax(a), log_softmax(b));
-    let diff = (&a - &b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_diff(&a, &b);
     let same = a.argmax(D::Minus1).unwrap().to_vec2::<u32>().unwrap()
         == b.argmax(D::Minus1).unwrap().to_vec2::<u32>().unwrap();
     (diff, same)
@@ -35,18 +29,11 @@ fn compare(a: &Tensor, b: &Tensor) -> (f32, bool) {
 
 /// The fused path fed one chunk then one token at a time.
 fn cached_logits(model: &CausalLm, ids: &[u32], first: usize) -> Tensor {
-    let dev = model.device();
-    let mut cache = KvCache::new(model.config().num_layers, 1);
-    let head = Tensor::new(&ids[..first], dev)
+    let ids = Tensor::new(ids, model.device())
         .unwrap()
         .unsqueeze(0)
         .unwrap();
-    let mut parts = vec![model.forward_cached(&head, &mut cache).unwrap()];
-    for id in &ids[first..] {
-        let x = Tensor::new(&[*id], dev).unwrap().unsqueeze(0).unwrap();
-        parts.push(model.forward_cached(&x, &mut cache).unwrap());
-    }
-    Tensor::cat(&parts, 1).unwrap()
+    decode_stepwise(model, &ids, first)
 }
 
 #[test]

@@ -3,14 +3,17 @@
 //! (also with activation checkpointing), and AdamW keeps f32 master weights for bf16
 //! parameters so that updates below bf16's resolution are not lost, saved and restored exactly.
 
+mod common;
+
 use std::collections::HashMap;
 
 use candle_core::{D, DType, Device, Tensor, Var};
 use mtrl_train::model::{
-    Architecture, CausalLm, KvCache, Lora, LoraConfig, ModelConfig, ModelSource, Module, Params,
-    Precision,
+    Architecture, CausalLm, Lora, LoraConfig, ModelConfig, ModelSource, Module, Params, Precision,
 };
 use mtrl_train::rl::{AdamW, AdamWConfig, Grads};
+
+use common::{decode_stepwise, max_abs};
 
 fn tiny(arch: Architecture, dtype: DType) -> CausalLm {
     let config = ModelConfig::tiny(arch);
@@ -30,33 +33,9 @@ fn log_softmax(logits: &Tensor) -> Tensor {
     candle_nn::ops::log_softmax(logits, D::Minus1).unwrap()
 }
 
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 /// The fused path over `ids [2, 16]`: a prefix of 6, then one token at a time.
 fn cached(model: &CausalLm, ids: &Tensor) -> Tensor {
-    let mut cache = KvCache::new(model.config().num_layers, 2);
-    let mut parts = vec![
-        model
-            .forward_cached(&ids.narrow(1, 0, 6).unwrap(), &mut cache)
-            .unwrap(),
-    ];
-    for j in 6..16 {
-        parts.push(
-            model
-                .forward_cached(&ids.narrow(1, j, 1).unwrap(), &mut cache)
-                .unwrap(),
-        );
-    }
-    Tensor::cat(&parts, 1).unwrap()
+    decode_stepwise(model, ids, 6)
 }
 
 /// The fraction of positions whose top-1 token agrees.
