@@ -135,12 +135,7 @@ impl RunningServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let result = match self.serve.take() {
-            Some(task) => task
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))),
-            None => Ok(()),
-        };
+        let result = self.served().await;
         self.reaper.abort();
         let _ = (self.close_all)().await;
         result
@@ -151,6 +146,11 @@ impl RunningServer {
     /// # Errors
     /// The server's I/O error, if it failed.
     pub async fn wait(mut self) -> std::io::Result<()> {
+        self.served().await
+    }
+
+    /// Waits for the serving task to end, with its I/O error if it failed.
+    async fn served(&mut self) -> std::io::Result<()> {
         match self.serve.take() {
             Some(task) => task
                 .await
@@ -244,22 +244,19 @@ where
     async fn close_all(&self) {
         let sessions: Vec<_> = lock(&self.table).sessions.drain().collect();
         for (_, s) in sessions {
-            close_env(s.env.clone(), self.config.step_timeout).await;
+            let _ = close_env(s.env.clone(), self.config.step_timeout).await;
         }
     }
 }
 
-/// Closes an environment in the background, bounded by `limit`; errors are the session's
-/// end and are not reported.
-async fn close_env<E: Environment + 'static>(env: Arc<tokio::sync::Mutex<E>>, limit: Duration) {
-    let task = tokio::spawn(async move {
-        let mut env = env.lock().await;
-        let _ = env.close().await;
-    });
-    let abort = task.abort_handle();
-    if tokio::time::timeout(limit, task).await.is_err() {
-        abort.abort();
-    }
+/// Closes an environment: waits up to `limit` for a call in progress to finish, then closes it
+/// in its own task within `limit`. `None` when the call in progress held it past the limit.
+async fn close_env<E: Environment + 'static>(
+    env: Arc<tokio::sync::Mutex<E>>,
+    limit: Duration,
+) -> Option<Called<()>> {
+    let guard = tokio::time::timeout(limit, env.lock_owned()).await.ok()?;
+    Some(call_env(guard, limit, |mut env| async move { env.close().await }).await)
 }
 
 /// Closes sessions idle past the limit (those not in the middle of a step).
@@ -487,7 +484,7 @@ where
     let reset = match called {
         Called::Done(Ok(reset)) => reset,
         Called::Done(Err(e)) => {
-            close_env(env, limit).await;
+            let _ = close_env(env, limit).await;
             return Err(fail(ErrorCode::EnvironmentError, e.to_string()));
         }
         Called::Panicked(p) => {
@@ -497,7 +494,7 @@ where
             ));
         }
         Called::TimedOut => {
-            close_env(env, limit).await;
+            let _ = close_env(env, limit).await;
             return Err(fail(
                 ErrorCode::StepTimeout,
                 format!("reset took longer than {limit:?}"),
@@ -613,23 +610,18 @@ where
         return unknown(&id);
     };
     let limit = shared.config.step_timeout;
-    let guard = match tokio::time::timeout(limit, session.env.clone().lock_owned()).await {
-        Ok(g) => g,
-        Err(_) => {
-            return fail(
-                ErrorCode::StepTimeout,
-                format!("session {id} stayed busy for {limit:?}; it is forgotten"),
-            );
-        }
-    };
-    match call_env(guard, limit, |mut env| async move { env.close().await }).await {
-        Called::Done(Ok(())) => ok(StatusCode::OK, &json!({ "closed": id })),
-        Called::Done(Err(e)) => fail(ErrorCode::EnvironmentError, e.to_string()),
-        Called::Panicked(p) => fail(
+    match close_env(session.env.clone(), limit).await {
+        None => fail(
+            ErrorCode::StepTimeout,
+            format!("session {id} stayed busy for {limit:?}; it is forgotten"),
+        ),
+        Some(Called::Done(Ok(()))) => ok(StatusCode::OK, &json!({ "closed": id })),
+        Some(Called::Done(Err(e))) => fail(ErrorCode::EnvironmentError, e.to_string()),
+        Some(Called::Panicked(p)) => fail(
             ErrorCode::EnvironmentError,
             format!("the environment panicked in close: {p}"),
         ),
-        Called::TimedOut => fail(
+        Some(Called::TimedOut) => fail(
             ErrorCode::StepTimeout,
             format!("close took longer than {limit:?}"),
         ),
