@@ -232,3 +232,81 @@ fn turn(action: Message) -> Turn {
         env_us: 0,
     }
 }
+
+/// The review's cases: numbers that an f64 confuses, and identifiers made of digits.
+#[test]
+fn numbers_and_digit_identifiers_compare_exactly() {
+    let parser = AnswerParser::strict();
+    let read = |text: &str| parser.parse(text, &["id"]).unwrap().fields["id"].clone();
+    let big = read(r#"<final_output>{"id": 9007199254740993}</final_output>"#);
+    assert!(!values_match(&json!(9007199254740992u64), &big));
+    assert!(values_match(&json!("9007199254740993"), &big));
+    let id = read(r#"<final_output>{"id": "1234567890123456788"}</final_output>"#);
+    assert!(!values_match(&json!("1234567890123456789"), &id));
+    // Beyond 64 bits the strict reader keeps the digits as written.
+    let huge = read(r#"<final_output>{"id": 123456789012345678901234567891}</final_output>"#);
+    assert!(!values_match(
+        &json!("123456789012345678901234567890"),
+        &huge
+    ));
+    assert!(values_match(
+        &json!("123456789012345678901234567891"),
+        &huge
+    ));
+    // Leading zeros make an identifier.
+    let zeros = read(r#"<final_output>{"id": "00042"}</final_output>"#);
+    assert!(!values_match(&json!("42"), &zeros));
+    assert!(!values_match(&json!(42), &zeros));
+    assert!(values_match(&json!("00042"), &zeros));
+    // Decimals as written still match their other spellings.
+    let d = read(r#"<final_output>{"id": 1.50}</final_output>"#);
+    assert!(values_match(&json!("1.5"), &d));
+    assert!(values_match(&json!("15e-1"), &d));
+}
+
+#[test]
+fn a_repeated_key_is_invalid_json_for_every_parser() {
+    let text = r#"<final_output>{"class": "A", "class": "D", "count": 3}</final_output>"#;
+    for parser in [AnswerParser::strict(), AnswerParser::lenient()] {
+        let e = parser.parse(text, &FIELDS).unwrap_err();
+        assert_eq!(e.kind(), "invalid_json", "{e}");
+        assert!(e.to_string().contains("duplicate key \"class\""), "{e}");
+    }
+}
+
+#[test]
+fn reasoning_blocks_are_not_read_as_the_answer() {
+    let right = r#"{"class": "D", "count": 3}"#;
+    let draft = r#"{"class": "A", "count": 1}"#;
+    // A draft inside the reasoning, the real answer after it.
+    let text = format!(
+        "<think>maybe <final_output>{draft}</final_output>, no.</think>\n<final_output>{right}</final_output>"
+    );
+    let fields = strict(&text).unwrap();
+    assert_eq!(fields["class"], "D");
+    // Reasoning the template opened in the prompt: only the close tag is in the message.
+    let text = format!(
+        "draft <final_output>{draft}</final_output></think><final_output>{right}</final_output>"
+    );
+    assert_eq!(strict(&text).unwrap()["class"], "D");
+    // An answer written only inside reasoning is no answer, closed or not.
+    let text = format!("<think><final_output>{right}</final_output></think> done");
+    assert_eq!(strict(&text).unwrap_err().kind(), "missing_tag");
+    let text = format!("<think>still thinking <final_output>{right}</final_output>");
+    assert_eq!(strict(&text).unwrap_err().kind(), "missing_tag");
+    // Two answers outside reasoning are still two.
+    let text = format!(
+        "<think>x</think><final_output>{right}</final_output><final_output>{right}</final_output>"
+    );
+    assert_eq!(strict(&text).unwrap_err().kind(), "multiple_tags");
+}
+
+#[test]
+fn deeply_nested_answers_are_invalid_json_not_a_crash() {
+    let deep = format!(
+        "<final_output>{{\"class\": {}\"D\"{}, \"count\": 3}}</final_output>",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    assert_eq!(strict(&deep).unwrap_err().kind(), "invalid_json");
+}

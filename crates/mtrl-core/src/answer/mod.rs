@@ -6,16 +6,34 @@
 //! (other tags, the last of several blocks, code fences, missing or extra fields), and should
 //! say so, because the gap between the two is where reward hacking lives.
 //!
+//! The block's JSON is read strictly: a key repeated in one object is `invalid_json` (a
+//! parser that kept the last value would let an answer say two things), numbers are never
+//! rounded (see below), and nesting deeper than [`MAX_NESTING`] is refused.
+//!
+//! **Reasoning is not the answer.** Text inside `<think>…</think>` ([`REASONING_TAG`]) is
+//! ignored when looking for the answer block, so a draft `<final_output>` in the reasoning
+//! neither counts nor makes a right final answer `multiple_tags`. A `</think>` with no opening
+//! tag (templates that open the reasoning in the prompt, as Qwen3's do) ends reasoning that
+//! began at the start of the message, and an unclosed `<think>` runs to the end: an answer
+//! written only inside reasoning is `missing_tag`.
+//!
 //! Field values are compared by [`values_match`], after a small normalisation and nothing else:
 //!
 //! - a blank expected value (null, or a string of whitespace) expects null or a blank string;
-//! - when both sides read as finite numbers (JSON numbers, or strings that parse as decimal
-//!   numbers such as `"1.50"` or `"1e3"`), they compare numerically: `"1.50"` matches `1.5`;
+//! - when both sides read as decimal numbers (JSON numbers, or strings of decimal text such as
+//!   `"1.50"` or `"1e3"`), they compare **exactly, as decimals**: `"1.50"` matches `1.5` and
+//!   `1e3` matches `"1000"`, but `9007199254740993` does not match `9007199254740992`, nor
+//!   `"1234567890123456789"` `"1234567890123456788"`. These are the only numeric equalities.
+//!   Integers are compared digit for digit whatever their size; a JSON number that a 64-bit
+//!   integer or an `f64` cannot hold exactly is kept by the strict reader as the text written
+//!   (a string), so no digit is lost;
+//! - a string of digits with a leading zero (`"007"`, `"0012"`) is an identifier, not a
+//!   number: it matches only the same text (`"007"` does not match `7` or `"7"`);
 //! - when both sides read as booleans (`true`/`false`, or those words in any case as strings),
 //!   they compare as booleans;
 //! - arrays compare element by element, objects key by key, with the same rules;
 //! - otherwise both sides are compared as text, trimmed, case-folded and with runs of whitespace
-//!   collapsed to one space (a number or boolean reads as its JSON text).
+//!   collapsed to one space (a boolean reads as its JSON text).
 //!
 //! There is no substring or fuzzy matching: `"a"` does not match `"Hazard Class D"`.
 //!
@@ -41,8 +59,17 @@ use serde_json::{Map, Value};
 
 use crate::trajectory::Trajectory;
 
+mod compare;
+mod json;
+
+pub use compare::{normalise_text, values_match};
+pub use json::MAX_NESTING;
+
 /// The tag of the answer block: `<final_output>…</final_output>`.
 pub const FINAL_OUTPUT_TAG: &str = "final_output";
+
+/// The tag of reasoning, whose content is never read as the answer: `<think>…</think>`.
+pub const REASONING_TAG: &str = "think";
 
 /// Why a message holds no acceptable answer. Each kind has a stable name ([`AnswerError::kind`])
 /// for counting.
@@ -263,10 +290,9 @@ impl AnswerParser {
         } else {
             body
         };
-        let value: Value =
-            serde_json::from_str(body.trim()).map_err(|e| AnswerError::InvalidJson {
-                message: e.to_string(),
-            })?;
+        let value: Value = json::parse(body.trim()).map_err(|e| AnswerError::InvalidJson {
+            message: e.to_string(),
+        })?;
         let Value::Object(object) = value else {
             return Err(AnswerError::NotAnObject {
                 found: json_kind(&value).to_string(),
@@ -300,14 +326,26 @@ impl AnswerParser {
 
     /// Finds the block to read: its tag and its content.
     fn block<'t>(&self, text: &'t str) -> Result<(&str, &'t str), AnswerError> {
-        // Every opening tag of an accepted kind, in text order, and the count of closing ones.
+        let reasoning = reasoning_spans(text);
+        let outside = |i: &usize| !reasoning.iter().any(|r| r.contains(i));
+        // Every opening tag of an accepted kind outside reasoning, in text order, and the
+        // count of closing ones.
         let mut opens: Vec<(usize, &str)> = Vec::new();
         let mut closes = 0;
         for tag in &self.tags {
             let open = format!("<{tag}>");
             let close = format!("</{tag}>");
-            opens.extend(text.match_indices(&open).map(|(i, _)| (i, tag.as_str())));
-            closes += text.matches(&close).count();
+            opens.extend(
+                text.match_indices(&open)
+                    .map(|(i, _)| i)
+                    .filter(outside)
+                    .map(|i| (i, tag.as_str())),
+            );
+            closes += text
+                .match_indices(&close)
+                .map(|(i, _)| i)
+                .filter(outside)
+                .count();
         }
         opens.sort_unstable();
         let chosen = match (opens.len(), self.several) {
@@ -336,6 +374,29 @@ impl AnswerParser {
     }
 }
 
+/// The byte ranges of `text` that are reasoning (see the [module documentation](self)).
+fn reasoning_spans(text: &str) -> Vec<std::ops::Range<usize>> {
+    let open = format!("<{REASONING_TAG}>");
+    let close = format!("</{REASONING_TAG}>");
+    let mut spans = Vec::new();
+    let mut at = 0;
+    // A close before any open ends reasoning that the prompt opened.
+    if let Some(c) = text.find(&close) {
+        if text.find(&open).is_none_or(|o| c < o) {
+            at = c + close.len();
+            spans.push(0..at);
+        }
+    }
+    while let Some(o) = text[at..].find(&open).map(|o| at + o) {
+        let end = text[o..]
+            .find(&close)
+            .map_or(text.len(), |c| o + c + close.len());
+        spans.push(o..end);
+        at = end;
+    }
+    spans
+}
+
 /// Removes a Markdown code fence around `body`, if there is one.
 fn strip_fence(body: &str) -> &str {
     let trimmed = body.trim();
@@ -360,90 +421,5 @@ fn json_kind(value: &Value) -> &'static str {
         Value::String(_) => "string",
         Value::Array(_) => "array",
         Value::Object(_) => "object",
-    }
-}
-
-/// Text trimmed, case-folded, with each run of whitespace collapsed to one space.
-pub fn normalise_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for word in text.split_whitespace() {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.extend(word.chars().flat_map(char::to_lowercase));
-    }
-    out
-}
-
-/// Whether `predicted` matches `expected` under the documented normalisation (see the
-/// [module documentation](self)).
-pub fn values_match(expected: &Value, predicted: &Value) -> bool {
-    if is_blank(expected) {
-        return is_blank(predicted);
-    }
-    if is_blank(predicted) {
-        return false;
-    }
-    if let (Some(e), Some(p)) = (as_number(expected), as_number(predicted)) {
-        return e == p;
-    }
-    if let (Some(e), Some(p)) = (as_bool(expected), as_bool(predicted)) {
-        return e == p;
-    }
-    match (expected, predicted) {
-        (Value::Array(e), Value::Array(p)) => {
-            e.len() == p.len() && e.iter().zip(p).all(|(e, p)| values_match(e, p))
-        }
-        (Value::Object(e), Value::Object(p)) => {
-            e.len() == p.len()
-                && e.iter()
-                    .all(|(k, e)| p.get(k).is_some_and(|p| values_match(e, p)))
-        }
-        (Value::Array(_) | Value::Object(_), _) | (_, Value::Array(_) | Value::Object(_)) => false,
-        _ => normalise_text(&scalar_text(expected)) == normalise_text(&scalar_text(predicted)),
-    }
-}
-
-fn is_blank(value: &Value) -> bool {
-    match value {
-        Value::Null => true,
-        Value::String(s) => s.trim().is_empty(),
-        _ => false,
-    }
-}
-
-/// A finite number, from a JSON number or a string that parses as a decimal number.
-fn as_number(value: &Value) -> Option<f64> {
-    let n = match value {
-        Value::Number(n) => n.as_f64()?,
-        Value::String(s) => {
-            let s = s.trim();
-            // Rust's float parser also reads `inf` and `nan`: only digits-based text counts.
-            if !s.bytes().any(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            s.parse::<f64>().ok()?
-        }
-        _ => return None,
-    };
-    n.is_finite().then_some(n)
-}
-
-fn as_bool(value: &Value) -> Option<bool> {
-    match value {
-        Value::Bool(b) => Some(*b),
-        Value::String(s) => match normalise_text(s).as_str() {
-            "true" => Some(true),
-            "false" => Some(false),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-fn scalar_text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
     }
 }
