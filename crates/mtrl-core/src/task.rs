@@ -20,13 +20,34 @@ use crate::error::{Error, Result};
 /// # Ok::<(), mtrl_core::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, try_from = "TaskFields")]
 pub struct Task {
     id: String,
     inputs: Map<String, Value>,
     ground_truth: Value,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     metadata: Map<String, Value>,
+}
+
+/// A task as it is written, checked by [`Task::new`]'s rules before it becomes a [`Task`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskFields {
+    id: String,
+    inputs: Map<String, Value>,
+    ground_truth: Value,
+    #[serde(default)]
+    metadata: Map<String, Value>,
+}
+
+impl TryFrom<TaskFields> for Task {
+    type Error = Error;
+
+    fn try_from(t: TaskFields) -> Result<Self> {
+        let mut task = Task::new(t.id, Value::Object(t.inputs), t.ground_truth)?;
+        task.metadata = t.metadata;
+        Ok(task)
+    }
 }
 
 impl Task {

@@ -98,3 +98,23 @@ fn tasks_round_trip_through_json() {
     let json = serde_json::to_string(&task).unwrap();
     assert_eq!(serde_json::from_str::<Task>(&json).unwrap(), task);
 }
+
+#[test]
+fn deserialising_checks_what_the_constructor_checks() {
+    let ok: Task = serde_json::from_value(json!({
+        "id": "t-1", "inputs": {"a": 1}, "ground_truth": {"b": 2}
+    }))
+    .unwrap();
+    assert_eq!(ok.id(), "t-1");
+    for id in ["", "   "] {
+        let e = serde_json::from_value::<Task>(json!({
+            "id": id, "inputs": {}, "ground_truth": null
+        }))
+        .unwrap_err();
+        assert!(e.to_string().contains("the task id is empty"), "{e}");
+    }
+    // A round trip keeps everything, metadata included.
+    let task = secret_task();
+    let back: Task = serde_json::from_str(&serde_json::to_string(&task).unwrap()).unwrap();
+    assert_eq!(back, task);
+}
