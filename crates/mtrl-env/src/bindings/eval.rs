@@ -439,6 +439,15 @@ impl<'a> Machine<'a> {
                 ),
             },
             JsonLoads => match &v[0] {
+                // CPython's decoder recurses once per level and raises RecursionError past
+                // its limit; this reader stops at serde_json's, with the same exception.
+                Py::Str(s) if super::value::json_nesting(s) > super::value::JSON_MAX_NESTING => {
+                    err(
+                        "RecursionError",
+                        "maximum recursion depth exceeded while decoding a JSON array from a \
+                         unicode string",
+                    )
+                }
                 Py::Str(s) => super::value::parse_json(s)
                     .map(Ok)
                     .unwrap_or_else(|| serde_json::from_str::<Py>(s))

@@ -3,6 +3,12 @@
 
 use super::value::{Py, PyError, PyResult};
 
+/// The deepest bracket nesting the reader accepts: CPython's tokenizer refuses more than 200
+/// open brackets with `SyntaxError: too many nested parentheses`, and so does this reader,
+/// which keeps its recursion (and the stack of the thread it runs on) bounded whatever the
+/// text holds.
+pub const MAX_NESTING: usize = 200;
+
 /// Evaluates a Python literal.
 ///
 /// # Errors
@@ -13,6 +19,7 @@ pub fn literal_eval(text: &str) -> PyResult<Py> {
         s: text.as_bytes(),
         src: text,
         i: 0,
+        depth: 0,
     };
     p.ws();
     let v = p.value()?;
@@ -27,6 +34,8 @@ struct Parser<'a> {
     s: &'a [u8],
     src: &'a str,
     i: usize,
+    /// Brackets open at the reading position.
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -48,6 +57,20 @@ impl Parser<'_> {
 
     fn peek(&self) -> Option<u8> {
         self.s.get(self.i).copied()
+    }
+
+    /// Steps into a bracket, refusing to nest deeper than [`MAX_NESTING`].
+    fn open(&mut self) -> PyResult<()> {
+        if self.depth >= MAX_NESTING {
+            // CPython's text, `str()` of the exception.
+            return Err(PyError::new(
+                "SyntaxError",
+                "too many nested parentheses (<unknown>, line 1)",
+            ));
+        }
+        self.depth += 1;
+        self.i += 1;
+        Ok(())
     }
 
     fn value(&mut self) -> PyResult<Py> {
@@ -87,13 +110,16 @@ impl Parser<'_> {
                 Ok(Py::str(&out))
             }
             Some(b'[') => {
-                self.i += 1;
-                Ok(Py::List(self.items(b']')?))
+                self.open()?;
+                let items = self.items(b']')?;
+                self.depth -= 1;
+                Ok(Py::List(items))
             }
             Some(b'(') => {
-                self.i += 1;
+                self.open()?;
                 let start = self.i;
                 let items = self.items(b')')?;
+                self.depth -= 1;
                 // `(x)` is x; `(x,)` and `()` are tuples.
                 let had_comma = self.src[start..self.i]
                     .trim_end()
@@ -107,8 +133,10 @@ impl Parser<'_> {
                 }
             }
             Some(b'{') => {
-                self.i += 1;
-                self.dict()
+                self.open()?;
+                let dict = self.dict()?;
+                self.depth -= 1;
+                Ok(dict)
             }
             Some(b'-' | b'+' | b'0'..=b'9' | b'.') => self.number(),
             Some(c) if c.is_ascii_alphabetic() || c == b'_' => {
@@ -331,5 +359,28 @@ mod tests {
         assert_eq!(literal_eval("foo").unwrap_err().etype, "ValueError");
         assert_eq!(literal_eval("{1, 2}").unwrap_err().etype, "ValueError");
         assert_eq!(literal_eval("'open").unwrap_err().etype, "SyntaxError");
+    }
+
+    #[test]
+    fn nesting_is_bounded_like_cpython() {
+        let nested = |n: usize, open: &str, close: &str| open.repeat(n) + &close.repeat(n);
+        // 200 levels parse (CPython 3.11 accepts them too)…
+        let ok = literal_eval(&nested(MAX_NESTING, "[", "]")).unwrap();
+        assert_eq!(ok.py_repr().len(), 2 * MAX_NESTING);
+        // …one more is CPython's tokenizer error, whatever the bracket, and far deeper text
+        // is refused the same way instead of overflowing the stack.
+        for (open, close) in [("[", "]"), ("(", ")"), ("{1: ", "}")] {
+            for n in [MAX_NESTING + 1, 10_000, 1_000_000] {
+                let e = literal_eval(&nested(n, open, close)).unwrap_err();
+                assert_eq!(e.etype, "SyntaxError", "{open} × {n}");
+                assert!(
+                    e.message.starts_with("too many nested parentheses"),
+                    "{e:?}"
+                );
+            }
+        }
+        // Unclosed deep text is refused at the same depth.
+        let e = literal_eval(&"[".repeat(50_000)).unwrap_err();
+        assert!(e.message.starts_with("too many nested parentheses"));
     }
 }

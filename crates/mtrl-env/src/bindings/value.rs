@@ -666,7 +666,7 @@ impl<'a> JsonParser<'a> {
     }
 
     fn value(&mut self, depth: usize) -> Option<Py> {
-        if depth > 128 {
+        if depth > JSON_MAX_NESTING {
             return None;
         }
         self.ws();
@@ -865,6 +865,37 @@ impl<'a> JsonParser<'a> {
         self.i += 4;
         u32::from_str_radix(h, 16).ok()
     }
+}
+
+/// The deepest nesting of arrays and objects the JSON readers take: serde_json's limit, which
+/// the fast reader shares so that both refuse the same texts.
+pub const JSON_MAX_NESTING: usize = 128;
+
+/// How deeply JSON text nests arrays and objects, counting brackets outside strings (a cheap
+/// scan that never recurses, for texts that are not even valid JSON).
+pub(crate) fn json_nesting(text: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 #[cfg(test)]
