@@ -446,3 +446,81 @@ fn an_unknown_domain_or_a_broken_folder_is_a_typed_error() {
     ));
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+/// A copy of one domain's folder under a fresh directory, its task table passed through `edit`.
+fn copy_with_table(name: &str, edit: impl FnOnce(&str) -> String) -> Option<PathBuf> {
+    let from = dir()?.join(name);
+    let tmp = std::env::temp_dir().join(format!("mtrl-{name}-{}", std::process::id()));
+    let to = tmp.join(name);
+    std::fs::create_dir_all(&to).unwrap();
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let table = to.join("test_set_with_outputs.csv");
+    let text = std::fs::read_to_string(&table).unwrap();
+    std::fs::write(&table, edit(&text)).unwrap();
+    Some(tmp)
+}
+
+#[test]
+fn a_task_table_cut_short_or_ragged_is_refused_naming_its_line() {
+    let name = "traffic_spoofing_detection";
+    // Cut inside the last row's quoted cell (the file ends `…analytics_data",SUSPICIOUS,WARNING`).
+    let Some(tmp) = copy_with_table(name, |t| {
+        let at = t.rfind("analytics_data\"").unwrap();
+        t[..at + 4].to_string()
+    }) else {
+        eprintln!("notice: MTRL_SOP_BENCH_DIR is unset; skipping");
+        return;
+    };
+    let whole = Domain::load(&Source::Dir(dir().unwrap()), name).unwrap();
+    let e = Domain::load(&Source::Dir(tmp.clone()), name)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("test_set_with_outputs.csv: line ") && e.contains("never closed"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
+    // A last row without its line ending and a cell short is refused like any other row.
+    let tmp = copy_with_table(name, |t| {
+        let t = t.trim_end();
+        t[..t.rfind(',').unwrap()].to_string()
+    })
+    .unwrap();
+    let e = Domain::load(&Source::Dir(tmp.clone()), name)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cells for"), "{e}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    // Without its line ending but whole, it is the same table.
+    let tmp = copy_with_table(name, |t| t.trim_end().to_string()).unwrap();
+    let same = Domain::load(&Source::Dir(tmp.clone()), name).unwrap();
+    assert_eq!(same.len(), whole.len());
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn a_directory_that_does_not_exist_is_named_as_such() {
+    let missing = std::env::temp_dir().join("mtrl-no-such-sop-bench-dir");
+    let e = Domain::load(&Source::Dir(missing.clone()), "customer_service")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("does not exist") && e.contains(&*missing.to_string_lossy()),
+        "{e}"
+    );
+    let empty = std::env::temp_dir().join(format!("mtrl-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = Domain::load(&Source::Dir(empty.clone()), "customer_service")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no folder for the domain `customer_service`"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&empty).unwrap();
+}

@@ -77,7 +77,11 @@ impl Table {
             what: what.to_string(),
             reason,
         };
-        let (names, records) = read_records(text).map_err(bad)?;
+        let Records {
+            header: names,
+            rows: records,
+            lines,
+        } = read_records(text).map_err(bad)?;
         let expected: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
         if names != expected {
             return Err(bad(format!(
@@ -90,7 +94,8 @@ impl Table {
             for (text, (name, dtype)) in record.iter().zip(columns) {
                 let cell = convert(text, *dtype).ok_or_else(|| {
                     bad(format!(
-                        "row {i}, column `{name}`: {text:?} is not a {dtype:?}"
+                        "line {}, column `{name}`: {text:?} is not a {dtype:?}",
+                        lines[i]
                     ))
                 })?;
                 row.push(cell);
@@ -156,42 +161,100 @@ impl Table {
 }
 
 /// Reads CSV text as pandas' `read_csv` sees it: RFC 4180 records, the first one the header,
-/// with an empty first header cell named `Unnamed: 0`. Every row must have the header's length.
+/// with an empty first header cell named `Unnamed: 0`. Every row must have the header's length,
+/// the last one too, with or without a line ending, and a quoted cell must be closed: a file
+/// cut short inside a quoted cell is an error, not a shorter last cell.
 ///
 /// # Errors
-/// What is wrong, naming the row.
-pub(crate) fn read_records(
-    text: &str,
-) -> std::result::Result<(Vec<String>, Vec<Vec<String>>), String> {
+/// What is wrong, naming the file's line (1-based, the header being line 1).
+pub(crate) fn read_records(text: &str) -> std::result::Result<Records, String> {
+    if let Some(line) = unclosed_quote(text) {
+        return Err(format!(
+            "line {line}: a quoted cell opens here and is never closed (is the file cut short?)"
+        ));
+    }
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .from_reader(text.as_bytes());
     let mut records = reader.records();
+    let located = |e: csv::Error| match e.position() {
+        Some(p) => format!("line {}: CSV error: {e}", p.line()),
+        None => format!("CSV error: {e}"),
+    };
     let mut header: Vec<String> = match records.next() {
-        Some(r) => r
-            .map_err(|e| format!("CSV error: {e}"))?
-            .iter()
-            .map(str::to_string)
-            .collect(),
+        Some(r) => r.map_err(located)?.iter().map(str::to_string).collect(),
         None => return Err("the table is empty".into()),
     };
     if header.first().is_some_and(String::is_empty) {
         header[0] = "Unnamed: 0".into();
     }
-    let mut rows = Vec::new();
-    for (i, r) in records.enumerate() {
-        let r = r.map_err(|e| format!("CSV error in row {i}: {e}"))?;
+    let (mut rows, mut lines) = (Vec::new(), Vec::new());
+    for r in records {
+        let r = r.map_err(located)?;
+        let line = r.position().map_or(0, csv::Position::line);
         if r.len() != header.len() {
             return Err(format!(
-                "row {i} has {} cells for {} columns",
+                "line {line}: {} cells for {} columns",
                 r.len(),
                 header.len()
             ));
         }
         rows.push(r.iter().map(str::to_string).collect());
+        lines.push(line);
     }
-    Ok((header, rows))
+    Ok(Records {
+        header,
+        rows,
+        lines,
+    })
+}
+
+/// The records of a CSV file.
+#[derive(Debug)]
+pub(crate) struct Records {
+    /// The header's cells.
+    pub header: Vec<String>,
+    /// The rows after the header, each as long as the header.
+    pub rows: Vec<Vec<String>>,
+    /// The file line (1-based) where each row starts.
+    pub lines: Vec<u64>,
+}
+
+/// The line where a quoted cell opens and is never closed, if one does (RFC 4180: a quote
+/// opens a cell only at its start, and `""` inside is a literal quote).
+fn unclosed_quote(text: &str) -> Option<u64> {
+    let (mut line, mut opened_at) = (1u64, 1u64);
+    let (mut quoted, mut at_cell_start) = (false, true);
+    let mut bytes = text.bytes().peekable();
+    while let Some(b) = bytes.next() {
+        if quoted {
+            match b {
+                b'"' if bytes.peek() == Some(&b'"') => {
+                    bytes.next();
+                }
+                b'"' => quoted = false,
+                b'\n' => line += 1,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' if at_cell_start => {
+                quoted = true;
+                opened_at = line;
+                at_cell_start = false;
+            }
+            b',' => at_cell_start = true,
+            b'\n' => {
+                line += 1;
+                at_cell_start = true;
+            }
+            b'\r' => {}
+            _ => at_cell_start = false,
+        }
+    }
+    quoted.then_some(opened_at)
 }
 
 fn convert(text: &str, dtype: Dtype) -> Option<Py> {
@@ -247,8 +310,37 @@ mod tests {
     fn bad_tables_are_typed_errors() {
         let cols = vec![(String::from("n"), Dtype::Int64)];
         assert!(Table::parse("t", "m\n1\n", &cols).is_err());
-        assert!(Table::parse("t", "n\nx\n", &cols).is_err());
+        let e = Table::parse("t", "n\n1\nx\n", &cols)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3, column `n`"), "{e}");
         assert!(Table::parse("t", "n\n1,2\n", &cols).is_err());
         assert!(Table::parse("t", "", &cols).is_err());
+    }
+
+    #[test]
+    fn a_file_cut_short_or_ragged_is_refused_with_its_line() {
+        let whole = "id,note\n1,\"two\nlines\"\n2,\"said \"\"hi\"\"\"\n3,plain";
+        let rows = read_records(whole).unwrap().rows;
+        assert_eq!(rows.len(), 3, "a last row without a line ending is a row");
+        assert_eq!(rows[1][1], "said \"hi\"");
+        // Cut inside the last (quoted) cell: an error naming where the cell opened.
+        let cut = "id,note\n1,\"two\nlines\"\n2,\"said \"\"h";
+        let e = read_records(cut).unwrap_err();
+        assert!(
+            e.starts_with("line 4:") && e.contains("never closed"),
+            "{e}"
+        );
+        // A last row without a line ending is checked like every other row.
+        let e = read_records("id,note\n1,a\n2").unwrap_err();
+        assert_eq!(e, "line 3: 1 cells for 2 columns");
+        let e = read_records("id,note\n1,\"a\nb\"\n2,b,c\n").unwrap_err();
+        assert_eq!(
+            e, "line 4: 3 cells for 2 columns",
+            "multi-line cells count as lines"
+        );
+        // A quote inside an unquoted cell is a character, as pandas reads it.
+        let rows = read_records("id,size\n1,5\" pipe\n").unwrap().rows;
+        assert_eq!(rows[0][1], "5\" pipe");
     }
 }

@@ -650,10 +650,12 @@ fn prompt_messages(sop: &str, outputs: &[String], task: &Task) -> Vec<Message> {
 }
 
 fn read_csv(domain: &str, text: &str) -> Result<(Vec<String>, Vec<Vec<String>>)> {
-    crate::bindings::table::read_records(text).map_err(|reason| Error::Upstream {
-        domain: domain.into(),
-        diagnostic: format!("test_set_with_outputs.csv: {reason}"),
-    })
+    crate::bindings::table::read_records(text)
+        .map(|r| (r.header, r.rows))
+        .map_err(|reason| Error::Upstream {
+            domain: domain.into(),
+            diagnostic: format!("test_set_with_outputs.csv: {reason}"),
+        })
 }
 
 /// Counts tasks per label (for reports of splits).

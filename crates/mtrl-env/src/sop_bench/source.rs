@@ -67,7 +67,20 @@ impl Source {
     pub fn file(&self, domain: &str, file: &str) -> Result<Option<PathBuf>> {
         match self {
             Source::Dir(dir) => {
-                let path = dir.join(domain).join(file);
+                if !dir.is_dir() {
+                    return Err(Error::Source(format!(
+                        "the SOP-Bench directory {} does not exist",
+                        dir.display()
+                    )));
+                }
+                let folder = dir.join(domain);
+                if !folder.is_dir() {
+                    return Err(Error::Source(format!(
+                        "{} has no folder for the domain `{domain}`",
+                        dir.display()
+                    )));
+                }
+                let path = folder.join(file);
                 Ok(path.is_file().then_some(path))
             }
             Source::Hub(hub) => hub.file(&format!("data/{domain}/{file}")),
@@ -82,7 +95,13 @@ impl Source {
         match self {
             Source::Dir(dir) => {
                 let mut out = Vec::new();
-                for entry in std::fs::read_dir(dir)? {
+                let entries = std::fs::read_dir(dir).map_err(|e| {
+                    Error::Source(format!(
+                        "the SOP-Bench directory {} cannot be listed: {e}",
+                        dir.display()
+                    ))
+                })?;
+                for entry in entries {
                     let path = entry?.path();
                     if is_domain_dir(&path) {
                         out.push(
