@@ -425,3 +425,66 @@ async fn remote_episodes_equal_local_ones_and_an_absent_server_is_an_environment
         Err(RemoteError::Client(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_that_are_not_the_episodes_next_action_are_refused() {
+    let (server, steps) = serve(ServerConfig::default()).await;
+    let base = server.url();
+    let http = reqwest::Client::new();
+    let post = |url: String, body: Value| {
+        let http = http.clone();
+        async move {
+            send(
+                &http,
+                reqwest::Method::POST,
+                url,
+                Some((JSON, &body.to_string())),
+            )
+            .await
+        }
+    };
+    // A task with an empty id is refused when the body is read, as Task::new refuses it.
+    let mut bad = create_body("x");
+    bad["task"]["id"] = json!("");
+    let answer = post(format!("{base}/v1/sessions"), bad).await;
+    assert_error(&answer, ErrorCode::InvalidBody);
+    assert!(
+        answer.1.to_string().contains("task id is empty"),
+        "{answer:?}"
+    );
+
+    let (status, body) = post(format!("{base}/v1/sessions"), create_body("s")).await;
+    assert_eq!(status, 201);
+    let created: SessionCreated = serde_json::from_value(body).unwrap();
+    let url = format!("{base}/v1/sessions/{}/step", created.session);
+    // Only an assistant message is an action.
+    for role_message in [Message::user("hi"), Message::system("obey")] {
+        let answer = post(url.clone(), json!({"seq": 1, "action": role_message})).await;
+        assert_error(&answer, ErrorCode::InvalidBody);
+    }
+    let one = json!({"seq": 1, "action": Message::assistant("a")});
+    assert_eq!(post(url.clone(), one.clone()).await.0, 200);
+    // The same number with the same action is a retry; with another action, a conflict.
+    assert_eq!(post(url.clone(), one).await.0, 200);
+    let other = json!({"seq": 1, "action": Message::assistant("b")});
+    assert_error(&post(url.clone(), other).await, ErrorCode::Conflict);
+    // The episode ends; no step comes after it, but its answer is still replayed.
+    let done = json!({"seq": 2, "action": Message::assistant("done")});
+    let (status, body) = post(url.clone(), done.clone()).await;
+    assert_eq!(status, 200);
+    assert!(
+        serde_json::from_value::<StepAnswer>(body)
+            .unwrap()
+            .step
+            .done
+    );
+    assert_eq!(post(url.clone(), done).await.0, 200);
+    let after = json!({"seq": 3, "action": Message::assistant("more")});
+    assert_error(&post(url.clone(), after).await, ErrorCode::EpisodeDone);
+    assert_eq!(
+        steps.load(Ordering::SeqCst),
+        2,
+        "only the two real steps ran"
+    );
+    server.shutdown().await.unwrap();
+}

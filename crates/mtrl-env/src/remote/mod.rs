@@ -20,7 +20,9 @@
 //!   the environment), or when it has been idle longer than the server's idle timeout.
 //! - Steps are numbered from 1. Sending step `n` again returns the answer already given to
 //!   `n` without stepping the environment twice, so a client may retry a step whose answer it
-//!   lost; any other number than the last or the next is a 409.
+//!   lost; the retry must carry the same action. Any other number than the last or the next
+//!   is a 409, and so is any step after the episode ended.
+//! - An action must be an assistant message, as the local rollout driver requires.
 //!
 //! | status | code | when |
 //! |---|---|---|
@@ -30,9 +32,11 @@
 //! | 405 | `method_not_allowed` | a route called with the wrong method |
 //! | 409 | `out_of_order` | a step number other than the last or the next |
 //! | 409 | `busy` | a step while another step of the same session runs |
+//! | 409 | `conflict` | the last step's number again, with a different action |
+//! | 409 | `episode_done` | a step after the episode ended (`done: true`) |
 //! | 413 | `body_too_large` | the body is over the server's limit |
 //! | 415 | `unsupported_media_type` | a body without `Content-Type: application/json` |
-//! | 422 | `invalid_body` | JSON of the wrong shape (a task without an id, …) |
+//! | 422 | `invalid_body` | JSON of the wrong shape (a task without an id or with an empty one, an action that is not an assistant message, …) |
 //! | 429 | `too_many_sessions` | the server holds its maximum of sessions |
 //! | 500 | `environment_error` | the environment returned an error or panicked |
 //! | 504 | `step_timeout` | the environment took longer than the per-step limit; the session is closed |
@@ -114,6 +118,10 @@ pub enum ErrorCode {
     OutOfOrder,
     /// 409: another step of the session is running.
     Busy,
+    /// 409: the step's number was already answered, for a different action.
+    Conflict,
+    /// 409: the session's episode is over (its last step was `done`).
+    EpisodeDone,
     /// 413: the body is over the limit.
     BodyTooLarge,
     /// 415: the body is not declared as JSON.
@@ -135,7 +143,10 @@ impl ErrorCode {
             ErrorCode::MalformedJson => 400,
             ErrorCode::UnknownSession | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::OutOfOrder | ErrorCode::Busy => 409,
+            ErrorCode::OutOfOrder
+            | ErrorCode::Busy
+            | ErrorCode::Conflict
+            | ErrorCode::EpisodeDone => 409,
             ErrorCode::BodyTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::InvalidBody => 422,

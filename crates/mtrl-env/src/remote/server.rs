@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use mtrl_core::{Environment, EnvironmentFactory};
+use mtrl_core::{Environment, EnvironmentFactory, Message, Role};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -177,8 +177,9 @@ struct Session<E> {
 
 struct Progress {
     last_used: Instant,
-    /// The last step answered, replayed when its number comes again.
-    last: Option<StepAnswer>,
+    /// The last step answered and the action it answered, replayed when the same step comes
+    /// again.
+    last: Option<(StepAnswer, Message)>,
 }
 
 struct Table<E> {
@@ -521,6 +522,14 @@ where
     F::Env: 'static,
 {
     match body {
+        // An action is an assistant message, as the local driver requires.
+        Ok(Json(req)) if req.action.role != Role::Assistant => fail(
+            ErrorCode::InvalidBody,
+            format!(
+                "the action is a {} message; an action must be an assistant message",
+                req.action.role
+            ),
+        ),
         Ok(Json(req)) => detached(step_session(shared, id, req)).await,
         Err(r) => rejected(r),
     }
@@ -544,9 +553,25 @@ where
     {
         let mut state = lock(&session.state);
         state.last_used = Instant::now();
-        let last = state.last.as_ref().map_or(0, |a| a.seq);
-        if let Some(answer) = state.last.as_ref().filter(|a| a.seq == req.seq) {
+        let last = state.last.as_ref().map_or(0, |(a, _)| a.seq);
+        if let Some((answer, action)) = state.last.as_ref().filter(|(a, _)| a.seq == req.seq) {
+            // A retry replays the answer; another action under the same number is not a retry.
+            if *action != req.action {
+                return fail(
+                    ErrorCode::Conflict,
+                    format!(
+                        "session {id} already answered step {} for a different action",
+                        req.seq
+                    ),
+                );
+            }
             return ok(StatusCode::OK, answer);
+        }
+        if state.last.as_ref().is_some_and(|(a, _)| a.step.done) {
+            return fail(
+                ErrorCode::EpisodeDone,
+                format!("session {id}'s episode ended at step {last}; reset with a new session"),
+            );
         }
         if req.seq != last + 1 {
             return fail(
@@ -556,7 +581,7 @@ where
         }
     }
     let limit = shared.config.step_timeout;
-    let action = req.action;
+    let action = req.action.clone();
     let called = call_env(guard, limit, move |mut env| async move {
         env.step(&action).await
     })
@@ -567,7 +592,7 @@ where
             let response = ok(StatusCode::OK, &answer);
             let mut state = lock(&session.state);
             state.last_used = Instant::now();
-            state.last = Some(answer);
+            state.last = Some((answer, req.action));
             response
         }
         Called::Done(Err(e)) => {
