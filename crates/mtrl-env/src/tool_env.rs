@@ -727,6 +727,45 @@ fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
+impl<S: Send + 'static> ToolEnvironment<S> {
+    /// Runs `work` on an environment holding this one's episode, on tokio's blocking pool
+    /// (inline outside a runtime), and takes the episode back when it is done. If this future
+    /// is dropped first, the episode stays with the work and is torn down when it returns.
+    async fn off_the_workers<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut ToolEnvironment<S>) -> mtrl_core::Result<T> + Send + 'static,
+    ) -> mtrl_core::Result<T> {
+        let mut env = ToolEnvironment {
+            shared: self.shared.clone(),
+            episode: self.episode.take(),
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            let result = work(&mut env);
+            self.episode = env.episode.take();
+            return result;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let result = work(&mut env);
+            let episode = env.episode.take();
+            if let Err((episode, _)) = tx.send((episode, result)) {
+                // Nobody waits any more (a time limit fired): end the episode here.
+                env.episode = episode;
+                env.end_episode();
+            }
+        });
+        match rx.await {
+            Ok((episode, result)) => {
+                self.episode = episode;
+                result
+            }
+            Err(_) => Err(mtrl_core::Error::environment(
+                "the environment's work ended without an answer",
+            )),
+        }
+    }
+}
+
 impl<S> Drop for ToolEnvironment<S> {
     fn drop(&mut self) {
         self.end_episode();
@@ -735,12 +774,29 @@ impl<S> Drop for ToolEnvironment<S> {
 
 #[async_trait]
 impl<S: Send + 'static> Environment for ToolEnvironment<S> {
+    /// Runs the prompt and state functions off the async workers, as [`Environment::step`]
+    /// runs tools.
     async fn reset(&mut self, task: &Task, episode: &Episode) -> mtrl_core::Result<Reset> {
-        self.reset_sync(task, episode)
+        self.end_episode();
+        let (task, episode) = (task.clone(), *episode);
+        self.off_the_workers(move |env| env.reset_sync(&task, &episode))
+            .await
     }
 
+    /// Runs the step's tool calls on tokio's blocking pool, so that a slow tool neither stalls
+    /// an async worker nor escapes a [`TimeLimit`](crate::layers::TimeLimit) or the driver's
+    /// episode timeout: when this future is dropped at a limit, the call is abandoned, the
+    /// episode's state is torn down once the call returns, and the environment needs a new
+    /// `reset`. Outside a tokio runtime the calls run inline ([`ToolEnvironment::step_sync`]).
     async fn step(&mut self, action: &Message) -> mtrl_core::Result<Step> {
-        self.step_sync(action)
+        if self.episode.is_none() {
+            return Err(mtrl_core::Error::environment(
+                "step called before reset (or after a step abandoned at a time limit)",
+            ));
+        }
+        let action = action.clone();
+        self.off_the_workers(move |env| env.step_sync(&action))
+            .await
     }
 
     async fn close(&mut self) -> mtrl_core::Result<()> {

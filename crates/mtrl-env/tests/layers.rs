@@ -345,3 +345,109 @@ async fn layers_compose() {
     let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     assert!(text.contains("characters cut"), "{text}");
 }
+
+/// A stateful environment whose `slow` tool blocks its thread (as a synchronous tool that
+/// does I/O would) for `ms` milliseconds; `torn_down` counts the states torn down.
+fn blocking_tools(torn_down: Arc<Mutex<usize>>) -> ToolEnvironmentFactory<u32> {
+    let slow = tool_fn(
+        ToolSpec::new(
+            "slow",
+            "Blocks for a while.",
+            json!({"type": "object", "properties": {"ms": {"type": "integer"}}, "required": ["ms"]}),
+        )
+        .unwrap(),
+        |args, cx: &mut ToolContext<'_, u32>| {
+            std::thread::sleep(Duration::from_millis(args["ms"].as_u64().unwrap()));
+            *cx.state += 1;
+            ToolOutput::text(format!("slept, call {}", cx.state))
+        },
+    );
+    ToolEnvironmentBuilder::with_state(|_, _| Ok(0u32))
+        .teardown(move |_| *torn_down.lock().unwrap() += 1)
+        .tool(slow)
+        .build()
+        .unwrap()
+}
+
+fn slow_call(ms: u64) -> Message {
+    Message::assistant_with_calls("", vec![ToolCall::new("c0", "slow", &json!({"ms": ms}))])
+}
+
+/// Calls `slow` for 300 ms once, then answers.
+struct SlowCaller;
+
+#[async_trait]
+impl Agent for SlowCaller {
+    async fn act(&self, ctx: &TurnContext<'_>) -> CoreResult<Action> {
+        Ok(Action::new(match ctx.turn_index() {
+            0 => slow_call(300),
+            _ => Message::assistant("done"),
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_limit_stops_a_tool_that_blocks() {
+    let torn_down = Arc::new(Mutex::new(0));
+    let factory =
+        blocking_tools(torn_down.clone()).layer(TimeLimit::new(Duration::from_millis(100)));
+    let mut env =
+        mtrl_core::EnvironmentFactory::create(&factory, &task("t"), &Episode::default()).unwrap();
+    env.reset(&task("t"), &Episode::default()).await.unwrap();
+    // A quick call passes and keeps the episode's state.
+    let step = env.step(&slow_call(1)).await.unwrap();
+    assert_eq!(step.messages[0].content, "slept, call 1");
+    let start = std::time::Instant::now();
+    let e = env.step(&slow_call(300)).await.unwrap_err().to_string();
+    let waited = start.elapsed();
+    assert!(e.contains("exceeded the time limit of 100 ms"), "{e}");
+    assert!(
+        waited < Duration::from_millis(250),
+        "the limit held: {waited:?}"
+    );
+    // The abandoned call's episode is torn down once the call returns, and the environment
+    // says it needs a reset.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(*torn_down.lock().unwrap(), 1);
+    let e = env.step(&slow_call(1)).await.unwrap_err().to_string();
+    assert!(e.contains("before reset"), "{e}");
+    env.reset(&task("t"), &Episode::default()).await.unwrap();
+    assert_eq!(
+        env.step(&slow_call(1)).await.unwrap().messages[0].content,
+        "slept, call 1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drivers_episode_timeout_stops_a_tool_that_blocks() {
+    let torn_down = Arc::new(Mutex::new(0));
+    let factory = blocking_tools(torn_down.clone());
+    let driver = RolloutDriver::new(Limits {
+        timeout: Some(Duration::from_millis(150)),
+        ..Limits::default()
+    });
+    let start = std::time::Instant::now();
+    let t = &driver
+        .run_batch(&SlowCaller, &factory, &[task("t")], 1)
+        .await[0][0];
+    assert_eq!(t.stop, StopReason::Timeout, "{:?}", t.error);
+    assert!(
+        start.elapsed() < Duration::from_millis(280),
+        "{:?}",
+        start.elapsed()
+    );
+    // Under both limits together the time limit speaks first.
+    let limited =
+        blocking_tools(torn_down.clone()).layer(TimeLimit::new(Duration::from_millis(100)));
+    let t = &driver
+        .run_batch(&SlowCaller, &limited, &[task("t")], 1)
+        .await[0][0];
+    assert_eq!(t.stop, StopReason::EnvironmentError);
+    assert!(t.error.as_ref().unwrap().message.contains("time limit"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        *torn_down.lock().unwrap(),
+        2,
+        "both abandoned episodes were torn down"
+    );
+}
