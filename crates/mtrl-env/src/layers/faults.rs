@@ -2,20 +2,29 @@
 
 use std::time::Duration;
 
-use mtrl_core::{Environment, Episode, Message, Reset, Result, Step, Task, async_trait};
+use mtrl_core::{
+    Environment, Episode, Message, Reset, Result, Step, TOOL_RESULTS_KEY, Task, ToolResult,
+    async_trait,
+};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Layer;
+
+/// The error kind of an injected tool fault, in the tool message and its [`ToolResult`].
+pub const FAULT_KIND: &str = "tool_unavailable";
 
 /// Injects faults at given rates, to test that training survives them: tool errors (the call
 /// is answered with a `tool_unavailable` error and never reaches the inner environment),
 /// delays before a step, and panics in a step.
 ///
 /// The faults are drawn from the layer's seed mixed with the episode seed, so an episode sees the
-/// same faults every time it runs, whatever else runs beside it. Injected tool errors are listed
-/// in the step's `info` under `injected_faults`.
+/// same faults every time it runs, whatever else runs beside it. An injected tool error is
+/// reported as the failed tool result the agent saw (in the step's `tool_results`, kind
+/// [`FAULT_KIND`]), so that evaluation summaries and rewards count it alike; its call id is
+/// also listed in the step's `info` under `injected_faults`.
 #[derive(Debug, Clone, Copy)]
 pub struct FaultInjection {
     seed: u64,
@@ -126,24 +135,38 @@ impl<E: Environment> Environment for Faulty<E> {
             self.inner.step(&passed).await?
         };
         let mut inner_messages = std::mem::take(&mut step.messages).into_iter();
+        let inner_results: Vec<ToolResult> = step
+            .info
+            .get(TOOL_RESULTS_KEY)
+            .and_then(|v| Vec::<ToolResult>::deserialize(v).ok())
+            .unwrap_or_default();
         let mut injected = Vec::new();
+        let mut results = Vec::with_capacity(action.tool_calls.len());
         for (call, failed) in action.tool_calls.iter().zip(&failed) {
             if *failed {
-                let text = json!({"error": {"type": "tool_unavailable", "tool": call.name,
+                let text = json!({"error": {"type": FAULT_KIND, "tool": call.name,
                     "message": "the tool is temporarily unavailable; try again"}})
                 .to_string();
                 step.messages
                     .push(Message::tool(&call.id, &call.name, text));
                 injected.push(Value::String(call.id.clone()));
+                // The agent saw a failed call: every consumer must count it as one.
+                results.push(ToolResult {
+                    call_id: call.id.clone(),
+                    tool: call.name.clone(),
+                    ok: false,
+                    error: Some(FAULT_KIND.to_string()),
+                });
             } else {
                 // The inner answer to this call (tool messages come in call order).
                 step.messages.extend(inner_messages.next());
+                results.extend(inner_results.iter().find(|r| r.call_id == call.id).cloned());
             }
         }
         step.messages.extend(inner_messages);
         step.info
             .insert("injected_faults".into(), Value::Array(injected));
-        Ok(step)
+        Ok(step.with_tool_results(&results))
     }
 
     async fn close(&mut self) -> Result<()> {

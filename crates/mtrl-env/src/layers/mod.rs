@@ -21,7 +21,7 @@ mod record;
 mod time_limit;
 mod truncate;
 
-pub use faults::{FaultInjection, Faulty};
+pub use faults::{FAULT_KIND, FaultInjection, Faulty};
 pub use record::{RecordEntry, Recorded, Recorder, ReplayEnvironment, Replayer};
 pub use time_limit::{TimeLimit, TimeLimited};
 pub use truncate::{Side, TruncateOutputs, Truncated};
