@@ -40,6 +40,12 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A JSON Lines file has a line that is not UTF-8 text.
+    #[error("JSON Lines error on line {line}: the line is not valid UTF-8")]
+    JsonlText {
+        /// The 1-based line number.
+        line: usize,
+    },
     /// Reading or writing failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -31,16 +31,35 @@ where
 /// Reads one item per line; blank lines are skipped.
 ///
 /// # Errors
-/// [`Error::Jsonl`] with the 1-based number of the first bad line, [`Error::Io`] when reading
-/// fails.
+/// [`Error::Jsonl`] or [`Error::JsonlText`] with the 1-based number of the first bad line,
+/// [`Error::Io`] when reading fails.
 pub fn read_jsonl<T, R>(reader: R) -> Result<Vec<T>>
 where
     T: DeserializeOwned,
     R: BufRead,
 {
+    Ok(read_jsonl_lines(reader)?
+        .into_iter()
+        .map(|(_, item)| item)
+        .collect())
+}
+
+/// As [`read_jsonl`], each item with the 1-based number of its line.
+///
+/// # Errors
+/// As [`read_jsonl`].
+pub fn read_jsonl_lines<T, R>(reader: R) -> Result<Vec<(usize, T)>>
+where
+    T: DeserializeOwned,
+    R: BufRead,
+{
     let mut out = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let line = line?;
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let mut line = line?;
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        let line = String::from_utf8(line).map_err(|_| Error::JsonlText { line: i + 1 })?;
         if line.trim().is_empty() {
             continue;
         }
@@ -48,7 +67,7 @@ where
             line: i + 1,
             source,
         })?;
-        out.push(item);
+        out.push((i + 1, item));
     }
     Ok(out)
 }

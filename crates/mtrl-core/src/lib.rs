@@ -127,7 +127,7 @@ pub use answer::{
 pub use environment::{Environment, EnvironmentFactory, Reset, Step};
 pub use error::{BoxError, Error, Result};
 pub use evaluator::{Evaluation, Evaluator, Failure, FieldResult};
-pub use jsonl::{from_jsonl_str, read_jsonl, to_jsonl_string, write_jsonl};
+pub use jsonl::{from_jsonl_str, read_jsonl, read_jsonl_lines, to_jsonl_string, write_jsonl};
 pub use message::{Message, Role, ToolCall};
 pub use reward::{Reward, RewardValue};
 pub use rollout::{AbortSignal, Limits, RolloutDriver, derive_seed, stop_counts};

@@ -71,6 +71,14 @@ pub enum Error {
     /// A chart could not be drawn.
     #[error("plot error: {0}")]
     Plot(String),
+    /// A metrics file cannot be read, or its records do not make a run.
+    #[error("{path}: {reason}")]
+    Metrics {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line where it is.
+        reason: String,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -244,3 +244,108 @@ fn the_report_renders_in_headless_chromium() {
     }
     eprintln!("screenshot: {}", shot.display());
 }
+
+/// Writes `lines` as a metrics file named `name` and returns its path.
+fn metrics_file(name: &str, lines: &[String]) -> PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+fn lines_of(history: &[mtrl_eval::monitor::StepMetrics]) -> Vec<String> {
+    history
+        .iter()
+        .map(|m| serde_json::to_string(m).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_metrics_file_that_is_not_one_run_is_refused_naming_the_file_and_line() {
+    use mtrl_eval::monitor::{read_metrics, read_metrics_log};
+    let history = synthetic(Run::Learning, 3);
+    // The file twice over: its records repeat exactly, which no resumed run does.
+    let mut twice = lines_of(&history);
+    twice.extend(lines_of(&history));
+    let path = metrics_file("twice.jsonl", &twice);
+    let e = read_metrics(&path).unwrap_err().to_string();
+    let n = history.len();
+    assert!(e.starts_with(&path.display().to_string()), "{e}");
+    assert!(
+        e.contains(&format!(
+            "line {} repeats line 1 (step {})",
+            n + 1,
+            history[0].step
+        )),
+        "{e}"
+    );
+    // A line that is not UTF-8 and a line that is not a record: the file and the line.
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("latin1.jsonl");
+    let mut bytes = (lines_of(&history[..2]).join("\n") + "\n").into_bytes();
+    bytes.extend(b"{\"step\": 9, \"caf\xe9\": 1}\n");
+    std::fs::write(&path, bytes).unwrap();
+    let e = read_metrics(&path).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&path.display().to_string()) && e.contains("line 3") && e.contains("UTF-8"),
+        "{e}"
+    );
+    let path = metrics_file(
+        "garbage.jsonl",
+        &[lines_of(&history[..1])[0].clone(), "{]".into()],
+    );
+    let e = read_metrics(&path).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&path.display().to_string()) && e.contains("line 2"),
+        "{e}"
+    );
+    // A missing file names itself.
+    let missing = Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-metrics.jsonl");
+    let e = read_metrics_log(&missing).unwrap_err().to_string();
+    assert!(e.starts_with(&missing.display().to_string()), "{e}");
+}
+
+#[test]
+fn a_resumed_run_keeps_the_later_records_and_the_report_says_so() {
+    use mtrl_eval::monitor::read_metrics_log;
+    let history = synthetic(Run::Learning, 5);
+    // Steps 1..=30 written, then a run resumed from the checkpoint of step 20 rewrites 21..
+    let mut resumed = history[20..].to_vec();
+    for m in &mut resumed {
+        *m.values.entry("time/update_s".into()).or_insert(0.0) += 0.5;
+    }
+    let mut lines = lines_of(&history[..30]);
+    lines.extend(lines_of(&resumed));
+    let path = metrics_file("resumed.jsonl", &lines);
+    let log = read_metrics_log(&path).unwrap();
+    assert_eq!(log.steps.len(), history.len());
+    assert!(log.steps.windows(2).all(|w| w[0].step < w[1].step));
+    assert_eq!(log.steps[25], resumed[5], "the resumed run's record wins");
+    assert_eq!(log.resumptions.len(), 1);
+    let r = &log.resumptions[0];
+    assert_eq!((r.line, r.step, r.replaced), (31, history[20].step, 10));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("resumed-report");
+    let files = Report::new("resumed")
+        .history(&log.steps)
+        .resumptions(&log.resumptions)
+        .write(&dir)
+        .unwrap();
+    let page = std::fs::read_to_string(&files.html).unwrap();
+    assert!(
+        page.contains(&format!("resumed at step {} (line 31)", history[20].step)),
+        "{page}"
+    );
+}
+
+#[test]
+fn an_empty_metrics_file_gives_a_report_that_says_it_is_empty() {
+    use mtrl_eval::monitor::read_metrics_log;
+    let path = metrics_file("empty.jsonl", &[]);
+    let log = read_metrics_log(&path).unwrap();
+    assert!(log.steps.is_empty() && log.resumptions.is_empty());
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("empty-report");
+    let files = Report::new("empty")
+        .history(&log.steps)
+        .write(&dir)
+        .unwrap();
+    let page = std::fs::read_to_string(&files.html).unwrap();
+    assert!(page.contains("No steps: the run recorded none"), "{page}");
+}

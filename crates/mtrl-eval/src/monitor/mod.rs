@@ -9,5 +9,5 @@ mod step;
 
 pub use alarm::{Alarm, AlarmConfig, AlarmKind, HackingAlarm};
 pub use report::{Report, ReportFiles};
-pub use sink::{JsonlSink, MetricsSink, read_metrics};
+pub use sink::{JsonlSink, MetricsLog, MetricsSink, Resumption, read_metrics, read_metrics_log};
 pub use step::{ScoredRollout, StepMetrics, UsualToolUse, names};

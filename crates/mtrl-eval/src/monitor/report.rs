@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::alarm::Alarm;
 use super::plots::{BarChart, Chart, LineChart, SIZE, Series};
+use super::sink::Resumption;
 use super::step::{StepMetrics, names};
 use crate::Error;
 
@@ -28,6 +29,7 @@ pub struct Report {
     title: String,
     history: Vec<StepMetrics>,
     alarms: Vec<Alarm>,
+    resumptions: Vec<Resumption>,
 }
 
 impl Report {
@@ -53,6 +55,14 @@ impl Report {
     pub fn history(mut self, history: &[StepMetrics]) -> Self {
         self.history = history.to_vec();
         self.history.sort_by_key(|m| m.step);
+        self
+    }
+
+    /// Where the run was resumed (from [`read_metrics_log`](super::read_metrics_log)), said on
+    /// the page so that replaced steps are not a silent edit.
+    #[must_use]
+    pub fn resumptions(mut self, resumptions: &[Resumption]) -> Self {
+        self.resumptions = resumptions.to_vec();
         self
     }
 
@@ -303,10 +313,19 @@ impl Report {
             s.push_str("</ul>");
             s
         };
-        let steps = match (self.history.first(), self.history.last()) {
+        let mut steps = match (self.history.first(), self.history.last()) {
             (Some(a), Some(b)) => format!("{} steps ({}–{})", self.history.len(), a.step, b.step),
-            _ => "no steps".into(),
+            _ => "<b class=\"empty\">No steps: the run recorded none (its metrics are empty), \
+                  so there is nothing to chart.</b>"
+                .into(),
         };
+        for r in &self.resumptions {
+            let _ = write!(
+                steps,
+                "<br><span class=\"resumed\">The run was {}.</span>",
+                escape(&r.to_string())
+            );
+        }
         let (w, h) = SIZE;
         format!(
             "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\

@@ -80,12 +80,90 @@ impl MetricsSink for JsonlSink {
     }
 }
 
-/// Reads a metrics file written by [`JsonlSink`].
+/// Reads a metrics file written by [`JsonlSink`]: its steps, each once, in order (see
+/// [`read_metrics_log`]).
 ///
 /// # Errors
-/// [`Error::Io`] when it cannot be read, and a JSON Lines error naming the bad line.
+/// As [`read_metrics_log`].
 pub fn read_metrics(path: impl AsRef<Path>) -> Result<Vec<StepMetrics>, Error> {
+    read_metrics_log(path).map(|log| log.steps)
+}
+
+/// A metrics file read whole: the run's steps and the resumptions it records.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MetricsLog {
+    /// One record per step, in step order; where a run was resumed, the resumed run's.
+    pub steps: Vec<StepMetrics>,
+    /// Where the file's steps go back: a run resumed from a checkpoint (with
+    /// [`JsonlSink::append`]) records again the steps after its checkpoint.
+    pub resumptions: Vec<Resumption>,
+}
+
+/// A run resumed from a checkpoint, as its metrics file shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumption {
+    /// The file line (1-based) where the resumed run's records begin.
+    pub line: usize,
+    /// The first step the resumed run recorded.
+    pub step: u64,
+    /// How many records of the earlier attempt (steps `step` and later) it replaced.
+    pub replaced: usize,
+}
+
+impl std::fmt::Display for Resumption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "resumed at step {} (line {}): the resumed run's records replace {} earlier record(s)",
+            self.step, self.line, self.replaced
+        )
+    }
+}
+
+/// Reads a metrics file, checking its steps. Steps must increase; a step that goes back to an
+/// earlier one starts a resumed run, whose records replace the earlier attempt's from there on
+/// ([`MetricsLog::resumptions`] says where). A record that repeats an earlier record of its
+/// step exactly is a copied line, not a resumed step (a rerun step has its own timings), and
+/// is an error. An empty file is an empty log.
+///
+/// # Errors
+/// [`Error::Metrics`] naming the file and the line: a file that cannot be read, a line that is
+/// not UTF-8 or not a step record, or a copied record.
+pub fn read_metrics_log(path: impl AsRef<Path>) -> Result<MetricsLog, Error> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    Ok(mtrl_core::read_jsonl(BufReader::new(file))?)
+    let bad = |reason: String| Error::Metrics {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = File::open(path).map_err(|e| bad(e.to_string()))?;
+    let records: Vec<(usize, StepMetrics)> =
+        mtrl_core::read_jsonl_lines(BufReader::new(file)).map_err(|e| bad(e.to_string()))?;
+    let mut log = MetricsLog::default();
+    let mut lines: Vec<usize> = Vec::new();
+    for (line, record) in records {
+        if log
+            .steps
+            .last()
+            .is_some_and(|last| record.step <= last.step)
+        {
+            let cut = log.steps.partition_point(|m| m.step < record.step);
+            if let Some(same) = log.steps.get(cut).filter(|m| **m == record) {
+                return Err(bad(format!(
+                    "line {line} repeats line {} (step {}) exactly: a copied record, not a \
+                     resumed run",
+                    lines[cut], same.step
+                )));
+            }
+            log.resumptions.push(Resumption {
+                line,
+                step: record.step,
+                replaced: log.steps.len() - cut,
+            });
+            log.steps.truncate(cut);
+            lines.truncate(cut);
+        }
+        log.steps.push(record);
+        lines.push(line);
+    }
+    Ok(log)
 }
