@@ -50,12 +50,27 @@ pub enum Error {
     /// An error from an evaluation.
     #[error(transparent)]
     Eval(#[from] mtrl_eval::Error),
-    /// A tensor operation failed.
+    /// A tensor operation failed (without the backtrace candle captures when `RUST_BACKTRACE`
+    /// is set: see [`without_backtrace`]).
     #[error("tensor error: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(#[source] candle_core::Error),
     /// A model configuration is unsupported or inconsistent.
     #[error("model config: {0}")]
     Config(String),
+    /// A training configuration is invalid, or does not fit the trainer it is given to.
+    #[error("train config: {0}")]
+    TrainConfig(String),
+    /// The trainer lacks a part it needs (a reward, an evaluator, tasks, demonstrations).
+    #[error("trainer: {0}")]
+    Trainer(String),
+    /// A checkpoint file is missing, cut short, or of another run.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Weights are missing, misnamed or misshapen.
     #[error("model weights: {0}")]
     Weights(String),
@@ -99,7 +114,38 @@ pub enum Error {
     },
 }
 
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Candle(without_backtrace(e))
+    }
+}
+
+/// `e` without the backtraces candle attaches to its errors when `RUST_BACKTRACE` is set: they
+/// print dozens of lines inside the error's message, which belongs on one line.
+pub fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    use candle_core::Error as E;
+    match e {
+        E::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        E::Context { inner, context } => E::Context {
+            inner: Box::new(without_backtrace(*inner)),
+            context,
+        },
+        E::WithPath { inner, path } => E::WithPath {
+            inner: Box::new(without_backtrace(*inner)),
+            path,
+        },
+        other => other,
+    }
+}
+
 impl Error {
+    pub(crate) fn checkpoint(path: &Path, reason: impl std::fmt::Display) -> Self {
+        Self::Checkpoint {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
+    }
+
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),

@@ -387,7 +387,60 @@ async fn resume_matches_uninterrupted(dtype: DType) {
     let mut other = config();
     other.seed = 99;
     let mut wrong = trainer(model(4), other, &train);
-    assert!(wrong.resume(&dir).is_err());
+    let e = wrong.resume(&dir).unwrap_err().to_string();
+    assert!(
+        e.starts_with("checkpoint ") && e.contains("state.json"),
+        "{e}"
+    );
+    assert!(e.contains("different train config"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_checkpoint_names_the_file_that_is_wrong() {
+    let train = ["t0", "t1"];
+    let dir = std::env::temp_dir().join(format!("mtrl-broken-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut t = trainer(model(4), config(), &train);
+    t.step().await.unwrap();
+    t.save_checkpoint(&dir).unwrap();
+    let copy = |name: &str| {
+        let to = dir.with_extension(name);
+        let _ = std::fs::remove_dir_all(&to);
+        std::fs::create_dir_all(&to).unwrap();
+        for f in [
+            "state.json",
+            "trainable.safetensors",
+            "optimizer.safetensors",
+        ] {
+            std::fs::copy(dir.join(f), to.join(f)).unwrap();
+        }
+        to
+    };
+    for file in [
+        "trainable.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+    ] {
+        // Cut short: half the file.
+        let cut = copy("cut");
+        let bytes = std::fs::read(cut.join(file)).unwrap();
+        std::fs::write(cut.join(file), &bytes[..bytes.len() / 2]).unwrap();
+        let mut fresh = trainer(model(4), config(), &train);
+        let e = fresh.resume(&cut).unwrap_err().to_string();
+        assert!(
+            e.starts_with("checkpoint ") && e.contains(file),
+            "{file}: {e}"
+        );
+        assert!(!e.contains('\n'), "one line: {e}");
+        // Missing.
+        let gone = copy("gone");
+        std::fs::remove_file(gone.join(file)).unwrap();
+        let e = fresh.resume(&gone).unwrap_err().to_string();
+        assert!(e.contains(file), "{file}: {e}");
+        let _ = std::fs::remove_dir_all(&cut);
+        let _ = std::fs::remove_dir_all(&gone);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -91,8 +91,9 @@ fn load_hf_dir(dir: &Path, device: &Device) -> Result<LoadedModel, Error> {
     }
     let mut tensors = Vec::new();
     for f in &files {
-        let loaded = candle_core::safetensors::load(f, device)
-            .map_err(|e| Error::Weights(format!("{}: {e}", f.display())))?;
+        let loaded = candle_core::safetensors::load(f, device).map_err(|e| {
+            Error::Weights(format!("{}: {}", f.display(), crate::without_backtrace(e)))
+        })?;
         tensors.extend(loaded);
     }
     let params = Params::from_tensors(tensors, device)?;
@@ -168,8 +169,13 @@ fn fetch_hub(
 /// un-permuted from llama.cpp's layout for Llama models), its tokenizer and chat template.
 fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel, Error> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let content = gguf_file::Content::read(&mut file)
-        .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
+    let content = gguf_file::Content::read(&mut file).map_err(|e| {
+        Error::Weights(format!(
+            "{}: not a GGUF model file: {}",
+            path.display(),
+            crate::without_backtrace(e)
+        ))
+    })?;
     let md = &content.metadata;
     let arch_name = md
         .get("general.architecture")
@@ -231,9 +237,13 @@ fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel, Error> {
         let Some(hf) = hf_name(name) else {
             continue;
         };
-        let q = content
-            .tensor(&mut file, name, device)
-            .map_err(|e| Error::Weights(format!("{name}: {e}")))?;
+        let q = content.tensor(&mut file, name, device).map_err(|e| {
+            Error::Weights(format!(
+                "{} tensor {name}: {}",
+                path.display(),
+                crate::without_backtrace(e)
+            ))
+        })?;
         let mut t = q.dequantize(device)?;
         if architecture == Architecture::Llama {
             if hf.ends_with("q_proj.weight") {

@@ -150,7 +150,7 @@ impl PolicyLoss for PpoClip {
         stats.insert("pg_loss".to_string(), weighted_sum(&per_token, b.weights)?);
         if self.kl_coef != 0.0 {
             let reference = b.ref_logprobs.ok_or_else(|| {
-                Error::Config("the KL term needs reference logprobs (kl_coef ≠ 0)".into())
+                Error::TrainConfig("the KL term needs reference logprobs (kl_coef ≠ 0)".into())
             })?;
             let d = (reference - b.logprobs)?;
             let k3 = ((d.exp()? - &d)? - 1.0)?;

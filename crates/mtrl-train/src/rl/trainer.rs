@@ -98,7 +98,7 @@ impl TrainConfig {
     /// Checks the numbers.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the first bad field.
+    /// [`Error::TrainConfig`] naming the first bad field.
     pub fn validate(&self) -> Result<(), Error> {
         let positive = [
             ("tasks_per_step", self.tasks_per_step),
@@ -109,17 +109,17 @@ impl TrainConfig {
         ];
         for (name, v) in positive {
             if v == 0 {
-                return Err(Error::Config(format!("{name} must be at least 1")));
+                return Err(Error::TrainConfig(format!("{name} must be at least 1")));
             }
         }
         if !(self.optimizer.lr.is_finite() && self.optimizer.lr >= 0.0) {
-            return Err(Error::Config(format!(
+            return Err(Error::TrainConfig(format!(
                 "lr {} is not valid",
                 self.optimizer.lr
             )));
         }
         if self.max_grad_norm.is_nan() || self.max_grad_norm <= 0.0 {
-            return Err(Error::Config("max_grad_norm must be positive".into()));
+            return Err(Error::TrainConfig("max_grad_norm must be positive".into()));
         }
         Ok(())
     }
@@ -303,18 +303,18 @@ impl<A: Agent, F: EnvironmentFactory> TrainerBuilder<A, F> {
     /// The trainer.
     ///
     /// # Errors
-    /// [`Error::Config`] for a bad config, a missing reward or evaluator, or no training
-    /// tasks; a candle error.
+    /// [`Error::TrainConfig`] for a bad config, [`Error::Trainer`] for a missing reward or
+    /// evaluator, or no training tasks; a candle error.
     pub fn build(self) -> Result<Trainer<A, F>, Error> {
         self.config.validate()?;
         let reward = self
             .reward
-            .ok_or_else(|| Error::Config("the trainer needs a reward".into()))?;
+            .ok_or_else(|| Error::Trainer("the trainer needs a reward".into()))?;
         let evaluator = self
             .evaluator
-            .ok_or_else(|| Error::Config("the trainer needs an evaluator".into()))?;
+            .ok_or_else(|| Error::Trainer("the trainer needs an evaluator".into()))?;
         if self.train.is_empty() {
-            return Err(Error::Config("no training tasks".into()));
+            return Err(Error::Trainer("no training tasks".into()));
         }
         let vars = self.model.trainable();
         let optimizer = AdamW::new(vars.clone(), self.config.optimizer.clone())?;
@@ -394,6 +394,12 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
         &self.config
     }
 
+    /// Sends every later step's metrics to `sink` (replacing the builder's), so that a run can
+    /// open its files only once everything else is set up.
+    pub fn set_sink(&mut self, sink: Box<dyn MetricsSink>) {
+        self.sink = Some(sink);
+    }
+
     /// Where the run stands.
     pub fn state(&self) -> &TrainState {
         &self.state
@@ -440,7 +446,7 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
     /// error in the update, a sink that cannot write); never for a bad episode.
     pub async fn step(&mut self) -> Result<StepMetrics, Error> {
         if self.config.loss.kl_coef != 0.0 && self.reference.is_none() {
-            return Err(Error::Config(
+            return Err(Error::TrainConfig(
                 "kl_coef is set but the trainer has no reference model (builder's reference, \
                  or set_reference)"
                     .into(),
@@ -648,7 +654,7 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
     /// decay). Returns one metrics record per update (`train/loss`, `train/grad_norm`, …).
     ///
     /// # Errors
-    /// [`Error::Config`] when no demonstration has token records; a tensor error.
+    /// [`Error::Trainer`] when no demonstration has token records; a tensor error.
     pub fn sft(
         &mut self,
         demonstrations: &[Trajectory],
@@ -661,7 +667,7 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
             samples.extend(Sample::from_trajectory(t, 0.0)?);
         }
         if samples.is_empty() {
-            return Err(Error::Config(
+            return Err(Error::Trainer(
                 "no demonstration has token records to train on".into(),
             ));
         }
@@ -730,20 +736,23 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
             }
             weights.insert(name.clone(), t.clone());
         }
-        candle_core::safetensors::save(&weights, dir.join("trainable.safetensors"))?;
+        let trainable = dir.join("trainable.safetensors");
+        candle_core::safetensors::save(&weights, &trainable)
+            .map_err(|e| Error::checkpoint(&trainable, crate::without_backtrace(e)))?;
         if let Some(lora) = self.model.lora() {
             lora.save_peft(&dir.join("adapter"), "mtrl")?;
         }
         let (moments, steps) = self.optimizer.state();
-        candle_core::safetensors::save(&moments, dir.join("optimizer.safetensors"))?;
+        let optimizer = dir.join("optimizer.safetensors");
+        candle_core::safetensors::save(&moments, &optimizer)
+            .map_err(|e| Error::checkpoint(&optimizer, crate::without_backtrace(e)))?;
         let state = serde_json::json!({
             "state": self.state,
             "optimizer_steps": steps,
             "config": self.config,
         });
         let path = dir.join("state.json");
-        let text =
-            serde_json::to_string_pretty(&state).map_err(|e| Error::Config(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&state).map_err(|e| Error::checkpoint(&path, e))?;
         std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
         Ok(())
     }
@@ -752,28 +761,45 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
     /// model and config: the run then continues exactly as if uninterrupted.
     ///
     /// # Errors
-    /// [`Error::Io`], [`Error::Weights`] for missing or misshapen tensors, [`Error::Config`]
-    /// when the checkpoint's config differs from this trainer's.
+    /// [`Error::Checkpoint`] naming the file for a file that is missing, cut short or not a
+    /// checkpoint's, and for a checkpoint whose config differs from this trainer's;
+    /// [`Error::Weights`] for missing or misshapen tensors.
     pub fn resume(&mut self, dir: &Path) -> Result<(), Error> {
         let path = dir.join("state.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let saved: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::checkpoint(&path, e))?;
+        let saved: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::checkpoint(&path, e))?;
         let config: TrainConfig = serde_json::from_value(saved["config"].clone())
-            .map_err(|e| Error::Config(format!("{}: config: {e}", path.display())))?;
+            .map_err(|e| Error::checkpoint(&path, format!("config: {e}")))?;
         if config != self.config {
-            return Err(Error::Config(
-                "the checkpoint was written with a different config".into(),
+            return Err(Error::checkpoint(
+                &path,
+                "the checkpoint was written with a different train config",
             ));
         }
         let state: TrainState = serde_json::from_value(saved["state"].clone())
-            .map_err(|e| Error::Config(format!("{}: state: {e}", path.display())))?;
+            .map_err(|e| Error::checkpoint(&path, format!("state: {e}")))?;
         let steps = saved["optimizer_steps"]
             .as_u64()
-            .ok_or_else(|| Error::Config("state.json has no optimizer_steps".into()))?;
+            .ok_or_else(|| Error::checkpoint(&path, "no optimizer_steps"))?;
         let device = self.model.device().clone();
-        let mut weights =
-            candle_core::safetensors::load(dir.join("trainable.safetensors"), &device)?;
+        let tensors = |file: &str| {
+            let path = dir.join(file);
+            if !path.is_file() {
+                return Err(Error::checkpoint(&path, "the file is missing"));
+            }
+            candle_core::safetensors::load(&path, &device).map_err(|e| {
+                Error::checkpoint(
+                    &path,
+                    format!(
+                        "not a whole safetensors file (cut short?): {}",
+                        crate::without_backtrace(e)
+                    ),
+                )
+            })
+        };
+        let mut weights = tensors("trainable.safetensors")?;
+        let moments = tensors("optimizer.safetensors")?;
         for (name, var) in &self.vars {
             let t = weights
                 .remove(name)
@@ -787,7 +813,6 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
             }
             var.set(&t.to_dtype(var.dtype())?)?;
         }
-        let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &device)?;
         self.optimizer.restore(moments, steps)?;
         self.model.weights_changed();
         self.state = state;
