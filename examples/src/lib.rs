@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod episodes;
+pub mod outputs;
 pub mod progress;
 pub mod quickstart;
 pub mod recipe;

@@ -78,6 +78,64 @@ impl QuickstartOptions {
         }
     }
 
+    /// The GRPO trainer's settings.
+    pub fn train_config(&self) -> TrainConfig {
+        let mut config = TrainConfig {
+            seed: self.seed,
+            steps: self.rl_steps,
+            tasks_per_step: self.tasks_per_step,
+            group_size: self.group_size,
+            updates_per_step: 1,
+            micro_batch: 32,
+            max_grad_norm: 1.0,
+            estimator: Estimator::Grpo,
+            loss: PpoClip {
+                kl_coef: self.kl,
+                ..PpoClip::default()
+            },
+            aggregation: Aggregation::TokenMean,
+            recompute_old_logprobs: false,
+            eval_every: 20,
+            checkpoint_every: 0,
+            concurrency: 128,
+            ..TrainConfig::default()
+        };
+        config.optimizer.lr = self.lr;
+        config
+    }
+
+    /// Checks the options before the quickstart writes anything.
+    ///
+    /// # Errors
+    /// The first option out of range, named as on the command line.
+    pub fn check(&self) -> Result<(), String> {
+        let at_least_one = [
+            ("train_tasks", self.train_tasks),
+            ("test_tasks", self.test_tasks),
+            ("--demos", self.demonstrations),
+        ];
+        for (name, v) in at_least_one {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if self.demonstrations > self.train_tasks {
+            return Err(format!(
+                "--demos {} is more than the {} training tasks",
+                self.demonstrations, self.train_tasks
+            ));
+        }
+        for (name, v) in [("--lr", self.lr), ("sft_lr", self.sft_lr)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{name} {v} must be a positive number"));
+            }
+        }
+        if !(self.kl.is_finite() && self.kl >= 0.0) {
+            return Err(format!("--kl {} must be a number ≥ 0", self.kl));
+        }
+        self.train_config().validate().map_err(|e| e.to_string())
+    }
+
     /// A smoke run (CI): every stage, a couple of steps.
     pub fn smoke(out: PathBuf) -> Self {
         Self {
@@ -207,7 +265,33 @@ fn say(text: &str) {
 /// # Errors
 /// Any stage's error, described.
 pub async fn run(opts: &QuickstartOptions) -> Result<QuickstartReport, Box<dyn std::error::Error>> {
+    run_forced(opts, false).await
+}
+
+/// What the quickstart writes under its `out`; a forced run removes them first.
+pub const OUTPUTS: [&str; 7] = [
+    "metrics.jsonl",
+    "sft_metrics.jsonl",
+    "demonstration.txt",
+    "eval",
+    "report",
+    "checkpoint",
+    "checkpoints",
+];
+
+/// [`run`], replacing an earlier run's outputs in `opts.out` when `force` is set (without it,
+/// a directory that holds anything is refused before anything is written).
+///
+/// # Errors
+/// Options out of range, an output directory in use, or any stage's error.
+pub async fn run_forced(
+    opts: &QuickstartOptions,
+    force: bool,
+) -> Result<QuickstartReport, Box<dyn std::error::Error>> {
     let start = Instant::now();
+    opts.check()?;
+    crate::outputs::check_dir(&opts.out, force)?;
+    crate::outputs::clear(&opts.out, &OUTPUTS)?;
     std::fs::create_dir_all(&opts.out)?;
     let all = returns_desk::tasks(
         opts.train_tasks + opts.val_tasks + opts.test_tasks,
@@ -278,27 +362,7 @@ pub async fn run(opts: &QuickstartOptions) -> Result<QuickstartReport, Box<dyn s
         SamplingParams::greedy(48),
         engine,
     );
-    let mut train_config = TrainConfig {
-        seed: opts.seed,
-        steps: opts.rl_steps,
-        tasks_per_step: opts.tasks_per_step,
-        group_size: opts.group_size,
-        updates_per_step: 1,
-        micro_batch: 32,
-        max_grad_norm: 1.0,
-        estimator: Estimator::Grpo,
-        loss: PpoClip {
-            kl_coef: opts.kl,
-            ..PpoClip::default()
-        },
-        aggregation: Aggregation::TokenMean,
-        recompute_old_logprobs: false,
-        eval_every: 20,
-        checkpoint_every: 0,
-        concurrency: 128,
-        ..TrainConfig::default()
-    };
-    train_config.optimizer.lr = opts.lr;
+    let train_config = opts.train_config();
     let metrics_path = opts.out.join("metrics.jsonl");
     let mut trainer = Trainer::builder(model.clone(), agent, factory.clone())
         .reward(Arc::new(ExactMatch::new()))

@@ -22,6 +22,7 @@ use mtrl_train::sampler::SamplingParams;
 use serde::{Deserialize, Serialize};
 
 use crate::episodes;
+use crate::outputs;
 use crate::progress::ProgressSink;
 
 /// A recipe file.
@@ -303,11 +304,22 @@ fn set(table: &mut toml::Table, assignment: &str) -> Result<(), RecipeError> {
             "override {assignment:?} has an empty key"
         )));
     }
-    // The value as TOML (numbers, booleans, arrays, quoted strings), else as a bare string.
-    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+    // The value as TOML (numbers, booleans, arrays, quoted strings), else as a bare string;
+    // but a number TOML cannot hold is an error, not a string.
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}"))
         .ok()
         .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()));
+    {
+        Some(v) => v,
+        None if looks_numeric(raw.trim()) => {
+            return Err(RecipeError::Invalid(format!(
+                "override {assignment:?}: {} is out of range (integers are at most {})",
+                raw.trim(),
+                i64::MAX
+            )));
+        }
+        None => toml::Value::String(raw.trim().to_string()),
+    };
     let mut at = table;
     for key in &keys[..keys.len() - 1] {
         let next = at
@@ -319,6 +331,16 @@ fn set(table: &mut toml::Table, assignment: &str) -> Result<(), RecipeError> {
     }
     at.insert(keys[keys.len() - 1].to_string(), value);
     Ok(())
+}
+
+/// Whether `text` is written like a number (digits with an optional sign, point, exponent or
+/// `_` separators), so that TOML's refusal of it means the number does not fit.
+fn looks_numeric(text: &str) -> bool {
+    let body = text.strip_prefix(['+', '-']).unwrap_or(text);
+    body.starts_with(|c: char| c.is_ascii_digit())
+        && body
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '_' | '+' | '-'))
 }
 
 fn say(text: &str) {
@@ -333,9 +355,9 @@ struct Assembled {
 
 fn assemble(
     recipe: &Recipe,
-    metrics: Option<&Path>,
+    domain: Domain,
+    splits: Splits,
 ) -> Result<Assembled, Box<dyn std::error::Error>> {
-    let (domain, splits) = recipe.splits()?;
     say(&format!(
         "domain {}: {} training, {} validation, {} test tasks",
         recipe.data.domain,
@@ -344,6 +366,7 @@ fn assemble(
         splits.test.len()
     ));
     let factory = domain.environment(Mode::Strict)?;
+    let reward = recipe.reward.build()?;
     let source = recipe.model_source()?;
     say(&format!("loading the model from {source:?}"));
     let device = Device::cuda_if_available(0)?;
@@ -394,24 +417,15 @@ fn assemble(
         max_tokens_per_turn: Some(recipe.rollout.max_tokens_per_turn),
         ..Limits::default()
     };
-    let mut builder = Trainer::builder(model, agent, factory)
-        .reward(Arc::new(recipe.reward.build()?))
+    let trainer = Trainer::builder(model, agent, factory)
+        .reward(Arc::new(reward))
         .evaluator(Arc::new(FinalOutputEvaluator::new()))
         .eval_agent(Arc::new(greedy))
         .tasks(splits.train.clone(), splits.validation.clone())
         .limits(limits)
-        .config(recipe.train.clone());
-    if let Some(path) = metrics {
-        builder = builder.sink(Box::new(ProgressSink::new(
-            Box::new(JsonlSink::create(path)?),
-            recipe.train.steps as u64,
-            "train",
-        )));
-    }
-    Ok(Assembled {
-        trainer: builder.build()?,
-        splits,
-    })
+        .config(recipe.train.clone())
+        .build()?;
+    Ok(Assembled { trainer, splits })
 }
 
 /// Writes episodes and records under `dir/<name>.{trajectories.,}jsonl` and returns strict TSR
@@ -441,25 +455,51 @@ fn keep(
     ))
 }
 
+/// What `mtrl train` writes under the recipe's `out`; a forced run removes them first.
+pub const TRAIN_OUTPUTS: [&str; 6] = [
+    "recipe.toml",
+    "metrics.jsonl",
+    "eval",
+    "report",
+    "checkpoint",
+    "checkpoints",
+];
+
 /// `mtrl train`: the recipe's run — validation of the untrained policy, RL steps with
 /// validation every `eval_every`, checkpoints every `checkpoint_every` — then strict TSR on
 /// the test split before and after. Returns the lines it printed last.
 ///
+/// Everything is checked before anything is written: the output directory (an earlier run's
+/// outputs are replaced only when `force` is set), the domain and its licence, the model and
+/// the trainer. A run that fails those checks leaves the disk as it found it.
+///
 /// # Errors
-/// A licence that forbids training, or any stage's error.
-pub async fn train(recipe: &Recipe) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+/// An output directory in use, a licence that forbids training, or any stage's error.
+pub async fn train(
+    recipe: &Recipe,
+    force: bool,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let start = Instant::now();
-    std::fs::create_dir_all(&recipe.out)?;
-    std::fs::write(recipe.out.join("recipe.toml"), toml::to_string(recipe)?)?;
-    let (domain, _) = recipe.splits()?;
+    outputs::check_dir(&recipe.out, force)?;
+    let recipe_text = toml::to_string(recipe)?;
+    let (domain, splits) = recipe.splits()?;
     domain
         .licence()
         .check_training(&recipe.data.domain, recipe.data.override_licence)?;
-    let metrics = recipe.out.join("metrics.jsonl");
     let Assembled {
         mut trainer,
         splits,
-    } = assemble(recipe, Some(&metrics))?;
+    } = assemble(recipe, domain, splits)?;
+    // Every check passed: the run starts, and only now writes.
+    outputs::clear(&recipe.out, &TRAIN_OUTPUTS)?;
+    std::fs::create_dir_all(&recipe.out)?;
+    std::fs::write(recipe.out.join("recipe.toml"), recipe_text)?;
+    let metrics = recipe.out.join("metrics.jsonl");
+    trainer.set_sink(Box::new(ProgressSink::new(
+        Box::new(JsonlSink::create(&metrics)?),
+        recipe.train.steps as u64,
+        "train",
+    )));
     let eval_dir = recipe.out.join("eval");
     say("evaluating the untrained policy on the test split");
     let before = keep(
@@ -509,34 +549,51 @@ pub async fn train(recipe: &Recipe) -> Result<Vec<String>, Box<dyn std::error::E
 }
 
 /// `mtrl eval`: strict TSR of the recipe's policy (resumed from `checkpoint` when given) on
-/// the `split` (`test` or `validation`), greedy. Returns the lines it printed last.
+/// the `split` (`test` or `validation`), greedy. Writes `eval/eval-<split>.jsonl` (and its
+/// trajectories) under the recipe's `out`, replacing an earlier evaluation's only when `force`
+/// is set. Returns the lines it printed last.
 ///
 /// # Errors
-/// An unknown split, a checkpoint of another recipe, or any stage's error.
+/// An unknown split, files of an earlier evaluation, a checkpoint of another recipe, or any
+/// stage's error.
 pub async fn eval(
     recipe: &Recipe,
     checkpoint: Option<&Path>,
     split: &str,
+    force: bool,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    if !matches!(split, "test" | "validation") {
+        return Err(Box::new(RecipeError::Invalid(format!(
+            "unknown split {split:?} (test or validation)"
+        ))));
+    }
+    let dir = recipe.out.join("eval");
+    let name = format!("eval-{split}");
+    for file in [
+        format!("{name}.jsonl"),
+        format!("{name}.trajectories.jsonl"),
+    ] {
+        outputs::check_file(&dir.join(file), force)?;
+    }
+    if let Some(dir) = checkpoint {
+        if !dir.is_dir() {
+            return Err(format!("the checkpoint {} is not a directory", dir.display()).into());
+        }
+    }
+    let (domain, splits) = recipe.splits()?;
     let Assembled {
         mut trainer,
         splits,
-    } = assemble(recipe, None)?;
+    } = assemble(recipe, domain, splits)?;
     if let Some(dir) = checkpoint {
         say(&format!("resuming the policy from {}", dir.display()));
         trainer.resume(dir)?;
     }
-    let tasks = match split {
-        "test" => &splits.test,
-        "validation" => &splits.validation,
-        other => {
-            return Err(Box::new(RecipeError::Invalid(format!(
-                "unknown split {other:?} (test or validation)"
-            ))));
-        }
+    let tasks = if split == "test" {
+        &splits.test
+    } else {
+        &splits.validation
     };
-    let dir = recipe.out.join("eval");
-    let name = format!("eval-{split}");
     let line = keep(
         &dir,
         &name,

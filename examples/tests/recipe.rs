@@ -65,6 +65,12 @@ fn bad_recipes_are_typed_errors_that_name_the_problem() {
     bad(MINIMAL, &["data.fractions=[0.5, 0.5, 0.5]"], "fractions");
     bad(MINIMAL, &["train.group_size=0"], "group_size");
     bad(MINIMAL, &["model.precision=f8"], "precision");
+    bad(
+        MINIMAL,
+        &["rollout.max_turns=99999999999999999999"],
+        "99999999999999999999 is out of range",
+    );
+    bad(MINIMAL, &["rollout.max_turns=-3"], "max_turns");
     bad("out = ", &[], "recipe");
     let missing = Recipe::load(Path::new("/nonexistent/recipe.toml"), &[]).unwrap_err();
     assert!(matches!(missing, RecipeError::Io { .. }));
@@ -105,7 +111,7 @@ async fn the_smollm2_recipe_trains_a_step_on_cpu_and_evaluates_its_checkpoint() 
     let mut overrides = overrides;
     overrides.push(format!("out=\"{}\"", out.display()));
     let recipe = Recipe::load(&path, &overrides).unwrap();
-    let lines = train(&recipe).await.unwrap();
+    let lines = train(&recipe, false).await.unwrap();
     assert!(lines.iter().any(|l| l.starts_with("before: strict TSR")));
     assert!(lines.iter().any(|l| l.starts_with("after: strict TSR")));
     assert!(lines.iter().any(|l| l.starts_with("checkpoint: ")));
@@ -122,10 +128,20 @@ async fn the_smollm2_recipe_trains_a_step_on_cpu_and_evaluates_its_checkpoint() 
     }
     let metrics = mtrl_eval::monitor::read_metrics(out.join("metrics.jsonl")).unwrap();
     assert!(metrics.iter().any(|m| m.get("time/rollout_s").is_some()));
-    let lines = eval(&recipe, Some(&out.join("checkpoint")), "test")
+    // Run again into the same directory: refused before anything is touched.
+    let before = std::fs::read(out.join("metrics.jsonl")).unwrap();
+    let e = train(&recipe, false).await.unwrap_err().to_string();
+    assert!(e.contains("pass --force"), "{e}");
+    assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), before);
+    let lines = eval(&recipe, Some(&out.join("checkpoint")), "test", false)
         .await
         .unwrap();
     assert!(lines[0].starts_with("eval-test: strict TSR"), "{lines:?}");
-    assert!(eval(&recipe, None, "training").await.is_err());
+    let e = eval(&recipe, None, "test", false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("eval-test.jsonl exists already"), "{e}");
+    assert!(eval(&recipe, None, "training", true).await.is_err());
     let _ = std::fs::remove_dir_all(&out);
 }

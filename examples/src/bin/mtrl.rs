@@ -8,7 +8,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mtrl_env::sop_bench::{DOMAINS, Domain, Source, Target, audit_domain};
-use mtrl_eval::monitor::{AlarmConfig, HackingAlarm, Report, read_metrics};
+use mtrl_eval::monitor::{AlarmConfig, HackingAlarm, Report, read_metrics_log};
 
 #[derive(Parser)]
 #[command(name = "mtrl", version, about = "Multi-turn RL for tool-using agents")]
@@ -65,6 +65,9 @@ struct QuickstartArgs {
     /// KL coefficient to the SFT checkpoint during GRPO (overrides the default).
     #[arg(long)]
     kl: Option<f64>,
+    /// Replace the outputs of an earlier run in `--out` (refused otherwise).
+    #[arg(long)]
+    force: bool,
     /// Demonstrations that decide by the SOP instead of at random (a control: it shows what
     /// SFT alone reaches when the demonstrations carry the decision logic).
     #[arg(long)]
@@ -79,6 +82,9 @@ struct TrainArgs {
     /// Overrides, `section.key=value` (the value read as TOML, else as a string); repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    /// Replace the outputs of an earlier run in the recipe's `out` (refused otherwise).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -95,6 +101,9 @@ struct EvalArgs {
     /// Overrides, `section.key=value`; repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    /// Replace an earlier evaluation of the same split (refused otherwise).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -111,6 +120,9 @@ struct ReportArgs {
     /// Steps averaged by the alarm for "now" and "the start".
     #[arg(long, default_value_t = 10)]
     window: usize,
+    /// Replace a report already in `--out` (refused otherwise).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -133,6 +145,9 @@ struct AuditArgs {
     /// What to audit: the domains as upstream ships them, or as mtrl trains on them.
     #[arg(long, value_enum, default_value_t = AuditTarget::Upstream)]
     target: AuditTarget,
+    /// Replace the file `--out` names if it exists (refused otherwise).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -172,7 +187,30 @@ enum AuditTarget {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout as clap writes them.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        // A usage error: clap's message on one line, without the usage block.
+        Err(e) => {
+            let text = e.to_string();
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let message = message.join(" ");
+            eprintln!(
+                "error: {} (see --help)",
+                message.strip_prefix("error: ").unwrap_or(&message)
+            );
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Quickstart(args) => run_quickstart(args),
         Command::Train(args) => run_train(args),
@@ -184,14 +222,62 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
+/// An error and its chain of causes on one line: each cause that its error's message does not
+/// already say is appended after `: `, and backtraces that a library put inside a message
+/// (candle does when `RUST_BACKTRACE` is set) are left out, whatever the environment sets.
+fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = clean(&e.to_string());
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = clean(&s.to_string());
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// A message's lines joined with `; `, without the frames of a backtrace.
+fn clean(message: &str) -> String {
+    let mut lines = Vec::new();
+    for line in message.lines() {
+        let t = line.trim();
+        if t == "stack backtrace:" {
+            break;
+        }
+        // A std backtrace: `  12: some::frame` and `        at src/file.rs:3:5` lines.
+        let frame = t
+            .split_once(':')
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if frame || t.starts_with("at ") || t.is_empty() {
+            continue;
+        }
+        lines.push(t);
+    }
+    lines.join("; ")
+}
+
 fn run_report(args: ReportArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let history = read_metrics(&args.metrics)?;
+    let log = read_metrics_log(&args.metrics)?;
+    mtrl_examples::outputs::check_file(&args.out.join("report.html"), args.force)?;
+    let history = log.steps;
+    if history.is_empty() {
+        eprintln!(
+            "note: {} holds no steps; the report says so",
+            args.metrics.display()
+        );
+    }
+    for r in &log.resumptions {
+        eprintln!("note: the run was {r}");
+    }
     let alarm = HackingAlarm::new(AlarmConfig {
         window: args.window,
         ..AlarmConfig::default()
@@ -207,6 +293,7 @@ fn run_report(args: ReportArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let files = Report::new(&args.title)
         .history(&history)
+        .resumptions(&log.resumptions)
         .alarms(alarms)
         .write(&args.out)?;
     eprintln!(
@@ -229,6 +316,17 @@ fn run_audit(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         args.domains.clone()
     };
+    // Every name and the output file are checked before the first (slow) audit starts.
+    if let Some(unknown) = names.iter().find(|n| !DOMAINS.contains(&n.as_str())) {
+        return Err(format!(
+            "`{unknown}` is not a SOP-Bench domain (the domains: {})",
+            DOMAINS.join(", ")
+        )
+        .into());
+    }
+    if let Some(path) = &args.out {
+        mtrl_examples::outputs::check_file(path, args.force)?;
+    }
     let target = match args.target {
         AuditTarget::Upstream => Target::Upstream,
         AuditTarget::Mtrl => Target::Mtrl,
@@ -237,6 +335,10 @@ fn run_audit(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
         Source::Dir(d) => d.display().to_string(),
         Source::Hub(h) => format!("hub dataset {}", h.repo),
     };
+    let domains = names
+        .iter()
+        .map(|name| Domain::load(&source, name))
+        .collect::<Result<Vec<_>, _>>()?;
     eprintln!(
         "auditing {} SOP-Bench domain(s) from {where_from} ({} configuration)…",
         names.len(),
@@ -249,9 +351,8 @@ fn run_audit(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     let mut reports = Vec::new();
-    for name in &names {
-        let domain = Domain::load(&source, name)?;
-        let report = runtime.block_on(audit_domain(&domain, target))?;
+    for (name, domain) in names.iter().zip(&domains) {
+        let report = runtime.block_on(audit_domain(domain, target))?;
         eprintln!(
             "  {name}: {} tasks, {} tool calls, {} flag(s)",
             report.tasks,
@@ -298,7 +399,7 @@ fn run_train(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
         args.overrides.len(),
         recipe.out.display()
     );
-    for line in runtime()?.block_on(mtrl_examples::recipe::train(&recipe))? {
+    for line in runtime()?.block_on(mtrl_examples::recipe::train(&recipe, args.force))? {
         println!("{line}");
     }
     Ok(())
@@ -309,16 +410,6 @@ fn run_serve_env(args: ServeEnvArgs) -> Result<(), Box<dyn std::error::Error>> {
     use mtrl_env::sop_bench::Mode;
     use std::io::Write;
     use std::time::Duration;
-    let source = match &args.data {
-        Some(dir) => Source::Dir(dir.clone()),
-        None => Source::from_env(),
-    };
-    let domain = Domain::load(&source, &args.domain)?;
-    let mode = if args.parity {
-        Mode::Parity
-    } else {
-        Mode::Strict
-    };
     let seconds = |name: &str, s: f64| {
         Duration::try_from_secs_f64(s)
             .map_err(|_| format!("--{name} must be a number of seconds ≥ 0"))
@@ -328,6 +419,19 @@ fn run_serve_env(args: ServeEnvArgs) -> Result<(), Box<dyn std::error::Error>> {
         idle_timeout: seconds("idle-timeout", args.idle_timeout)?,
         step_timeout: seconds("step-timeout", args.step_timeout)?,
         max_body_bytes: args.max_body_bytes,
+    };
+    if config.max_sessions == 0 {
+        return Err("--max-sessions must be at least 1".into());
+    }
+    let source = match &args.data {
+        Some(dir) => Source::Dir(dir.clone()),
+        None => Source::from_env(),
+    };
+    let domain = Domain::load(&source, &args.domain)?;
+    let mode = if args.parity {
+        Mode::Parity
+    } else {
+        Mode::Strict
     };
     let factory = domain.environment(mode)?;
     let runtime = runtime()?;
@@ -356,6 +460,7 @@ fn run_eval(args: EvalArgs) -> Result<(), Box<dyn std::error::Error>> {
         &recipe,
         args.checkpoint.as_deref(),
         &args.split,
+        args.force,
     ))?;
     for line in lines {
         println!("{line}");
@@ -364,7 +469,7 @@ fn run_eval(args: EvalArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn run_quickstart(args: QuickstartArgs) -> Result<(), Box<dyn std::error::Error>> {
-    use mtrl_examples::quickstart::{QuickstartOptions, run};
+    use mtrl_examples::quickstart::{QuickstartOptions, run_forced};
     let mut opts = if args.smoke {
         QuickstartOptions::smoke(args.out)
     } else {
@@ -394,7 +499,7 @@ fn run_quickstart(args: QuickstartArgs) -> Result<(), Box<dyn std::error::Error>
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(run(&opts))?;
+    let report = runtime.block_on(run_forced(&opts, args.force))?;
     println!("{}", report.table(opts.test_tasks));
     println!(
         "untrained policy: {:.1}%; reward-hacking alarm: {}",
