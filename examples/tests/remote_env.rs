@@ -4,7 +4,9 @@
 //!   same run done locally (timings aside), and evaluate alike;
 //! - a server killed mid-run ends the episodes in flight with environment errors (while it is
 //!   down, and after it restarts), nothing panics, and episodes started after the restart
-//!   finish normally.
+//!   finish normally;
+//! - in parity mode, a tool argument nested 10,000 brackets deep gets CPython's `SyntaxError`
+//!   as its tool result, and the server (every other session with it) lives on.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -32,8 +34,14 @@ struct Served {
 impl Served {
     /// Starts the binary on `addr` and waits for the URL it prints.
     fn start(addr: &str) -> Served {
+        Self::start_with(addr, &[])
+    }
+
+    /// As [`Served::start`], with more arguments.
+    fn start_with(addr: &str, extra: &[&str]) -> Served {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mtrl"))
             .args(["serve-env", "--domain", "customer_service", "--addr", addr])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -339,4 +347,64 @@ async fn a_killed_server_fails_only_the_episodes_in_flight() {
     }
     let stderr = served.kill();
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deeply_nested_argument_is_a_tool_error_not_a_dead_server() {
+    use mtrl_core::{Environment, EnvironmentFactory, Episode, ToolCall};
+    let Some(domain) = domain() else { return };
+    let task = tasks(&domain, 0, 1).remove(0);
+    let served = Served::start_with("127.0.0.1:0", &["--parity"]);
+    let remote = RemoteFactory::new(&served.url, ClientConfig::default()).unwrap();
+    // A second session, open across the attack, must be untouched by it.
+    let mut bystander = remote.create(&task, &Episode::default()).unwrap();
+    bystander.reset(&task, &Episode::default()).await.unwrap();
+    let mut env = remote.create(&task, &Episode::default()).unwrap();
+    env.reset(&task, &Episode::default()).await.unwrap();
+    // executeTroubleshooting reads root_causes with ast.literal_eval.
+    let call = |root_causes: String| {
+        Message::assistant_with_calls(
+            "",
+            vec![ToolCall::new(
+                "c0",
+                "executeTroubleshooting",
+                &serde_json::json!({
+                    "account_id": "BCD-89012",
+                    "session_token": "SES-20250510-BCD89012-001",
+                    "root_causes": root_causes,
+                }),
+            )],
+        )
+    };
+    let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+    let step = env.step(&call(deep)).await.unwrap();
+    assert_eq!(
+        step.messages[0].content,
+        "Error: too many nested parentheses (<unknown>, line 1)"
+    );
+    assert_eq!(
+        step.tool_results().unwrap()[0].error.as_deref(),
+        Some("SyntaxError")
+    );
+    // The same session goes on, and so does the other one.
+    let step = env.step(&call("['a']".into())).await.unwrap();
+    assert!(
+        step.messages[0]
+            .content
+            .starts_with("Error: Incorrect root causes"),
+        "{step:?}"
+    );
+    let answered = bystander
+        .step(&Message::assistant("<final_output>{}</final_output>"))
+        .await
+        .unwrap();
+    assert!(answered.done);
+    assert_eq!(remote.health().await.unwrap().sessions, 2);
+    env.close().await.unwrap();
+    bystander.close().await.unwrap();
+    let stderr = served.kill();
+    assert!(
+        !stderr.contains("overflow") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
 }

@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::message::Message;
 use crate::task::Task;
 use crate::tool::ToolSpec;
-use crate::trajectory::{Episode, ToolResult, insert_tool_results};
+use crate::trajectory::{Episode, ToolResult, insert_tool_results, read_tool_results};
 
 /// The first observation of an episode.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -58,6 +58,11 @@ impl Step {
     pub fn with_tool_results(mut self, results: &[ToolResult]) -> Self {
         insert_tool_results(&mut self.info, results);
         self
+    }
+
+    /// The tool results the step reports (`info.tool_results`), if it reports them.
+    pub fn tool_results(&self) -> Option<Vec<ToolResult>> {
+        read_tool_results(&self.info)
     }
 }
 

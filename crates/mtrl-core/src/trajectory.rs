@@ -381,12 +381,15 @@ impl Turn {
     /// The outcomes of this turn's tool calls, as the environment reported them under
     /// [`TOOL_RESULTS_KEY`] in the step's `info`. `None` when it reported nothing readable.
     pub fn tool_results(&self) -> Option<Vec<ToolResult>> {
-        let value = self.info.get(TOOL_RESULTS_KEY)?;
-        Vec::<ToolResult>::deserialize(value).ok()
+        read_tool_results(&self.info)
     }
 }
 
 /// Writes `results` into an `info` map under [`TOOL_RESULTS_KEY`].
+pub(crate) fn read_tool_results(info: &Map<String, Value>) -> Option<Vec<ToolResult>> {
+    Vec::<ToolResult>::deserialize(info.get(TOOL_RESULTS_KEY)?).ok()
+}
+
 pub(crate) fn insert_tool_results(info: &mut Map<String, Value>, results: &[ToolResult]) {
     // Strings and booleans only: serialization cannot fail.
     let value = serde_json::to_value(results).unwrap_or(Value::Null);

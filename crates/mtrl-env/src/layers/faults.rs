@@ -3,12 +3,10 @@
 use std::time::Duration;
 
 use mtrl_core::{
-    Environment, Episode, Message, Reset, Result, Step, TOOL_RESULTS_KEY, Task, ToolResult,
-    async_trait,
+    Environment, Episode, Message, Reset, Result, Step, Task, ToolResult, async_trait,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Layer;
@@ -135,11 +133,7 @@ impl<E: Environment> Environment for Faulty<E> {
             self.inner.step(&passed).await?
         };
         let mut inner_messages = std::mem::take(&mut step.messages).into_iter();
-        let inner_results: Vec<ToolResult> = step
-            .info
-            .get(TOOL_RESULTS_KEY)
-            .and_then(|v| Vec::<ToolResult>::deserialize(v).ok())
-            .unwrap_or_default();
+        let inner_results = step.tool_results().unwrap_or_default();
         let mut injected = Vec::new();
         let mut results = Vec::with_capacity(action.tool_calls.len());
         for (call, failed) in action.tool_calls.iter().zip(&failed) {
