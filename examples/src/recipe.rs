@@ -279,6 +279,7 @@ impl Recipe {
             None => Source::from_env(),
         };
         let domain = Domain::load(&source, &self.data.domain)?;
+        warn_about(&domain);
         let tasks = domain.tasks(InputPolicy::Mtrl)?;
         let mut splits = Splits::stratified(&tasks, self.data.seed, self.data.fractions);
         let cut = |v: &mut Vec<Task>, n: Option<usize>| {
@@ -290,6 +291,13 @@ impl Recipe {
         cut(&mut splits.validation, self.data.max_validation);
         cut(&mut splits.test, self.data.max_test);
         Ok((domain, splits))
+    }
+}
+
+/// Prints the domain's warnings (a task table that is not the release's) on stderr.
+pub fn warn_about(domain: &Domain) {
+    for d in domain.diagnostics().iter().filter(|d| d.is_warning()) {
+        eprintln!("warning: {}: {d}", domain.name());
     }
 }
 

@@ -524,3 +524,29 @@ fn a_directory_that_does_not_exist_is_named_as_such() {
     );
     std::fs::remove_dir_all(&empty).unwrap();
 }
+
+#[test]
+fn a_table_cut_inside_an_unquoted_last_cell_is_flagged_as_not_the_release() {
+    let name = "customer_service";
+    // The file ends `…,ESCALATED\n`: cut inside that last cell, it still parses.
+    let Some(tmp) = copy_with_table(name, |t| t[..t.len() - 5].to_string()) else {
+        eprintln!("notice: MTRL_SOP_BENCH_DIR is unset; skipping");
+        return;
+    };
+    let release = Domain::load(&Source::Dir(dir().unwrap()), name).unwrap();
+    assert!(!release.diagnostics().iter().any(Diagnostic::is_warning));
+    let cut = Domain::load(&Source::Dir(tmp.clone()), name).unwrap();
+    assert_eq!(cut.len(), release.len());
+    let warnings: Vec<String> = cut
+        .diagnostics()
+        .iter()
+        .filter(|d| d.is_warning())
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("not the SOP-Bench release"),
+        "{warnings:?}"
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
+}

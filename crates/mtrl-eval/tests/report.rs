@@ -336,6 +336,30 @@ fn a_resumed_run_keeps_the_later_records_and_the_report_says_so() {
 }
 
 #[test]
+fn a_steps_validation_record_beside_its_training_record_is_one_step_not_a_resumption() {
+    use mtrl_eval::monitor::{StepMetrics, read_metrics_log};
+    let mut lines = Vec::new();
+    for step in 1..=3u64 {
+        let mut train = StepMetrics::new(step);
+        train.set("rollout/reward/mean", 0.1 * step as f64);
+        let mut val = StepMetrics::new(step);
+        val.set("val/tsr", 0.2 * step as f64);
+        lines.extend(lines_of(&[train, val]));
+    }
+    let path = metrics_file("train-and-val.jsonl", &lines);
+    let log = read_metrics_log(&path).unwrap();
+    assert_eq!(log.steps.len(), 6);
+    assert!(log.resumptions.is_empty());
+    // A step's metric reported again is a resumed run from that step.
+    let mut again = StepMetrics::new(3);
+    again.set("rollout/reward/mean", 0.9);
+    lines.push(lines_of(&[again])[0].clone());
+    let log = read_metrics_log(metrics_file("again.jsonl", &lines)).unwrap();
+    assert_eq!(log.steps.len(), 5);
+    assert_eq!(log.resumptions[0].replaced, 2);
+}
+
+#[test]
 fn an_empty_metrics_file_gives_a_report_that_says_it_is_empty() {
     use mtrl_eval::monitor::read_metrics_log;
     let path = metrics_file("empty.jsonl", &[]);

@@ -339,6 +339,7 @@ fn run_audit(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|name| Domain::load(&source, name))
         .collect::<Result<Vec<_>, _>>()?;
+    domains.iter().for_each(mtrl_examples::recipe::warn_about);
     eprintln!(
         "auditing {} SOP-Bench domain(s) from {where_from} ({} configuration)…",
         names.len(),
@@ -428,6 +429,7 @@ fn run_serve_env(args: ServeEnvArgs) -> Result<(), Box<dyn std::error::Error>> {
         None => Source::from_env(),
     };
     let domain = Domain::load(&source, &args.domain)?;
+    mtrl_examples::recipe::warn_about(&domain);
     let mode = if args.parity {
         Mode::Parity
     } else {

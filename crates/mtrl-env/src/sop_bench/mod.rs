@@ -16,6 +16,7 @@
 
 mod audit;
 mod parity;
+mod release;
 mod source;
 mod splits;
 
@@ -27,6 +28,7 @@ use serde_json::{Map, Value, json};
 
 pub use audit::{CanonicalAgent, Target, audit_domain};
 pub use parity::{ParityEnvironment, ParityFactory};
+pub use release::RELEASE_COMMIT;
 pub use source::{DIR_ENV, HUB_DATASET, HubSource, Source};
 pub use splits::Splits;
 
@@ -184,6 +186,20 @@ pub enum Diagnostic {
     LoaderFailure(String),
     /// A defect described by the shipped binding.
     UpstreamDefect(String),
+    /// The task table is not the release's (see [`RELEASE_COMMIT`]): a copy cut short or
+    /// edited. A warning ([`Diagnostic::is_warning`]): results on it are not comparable.
+    TableNotRelease {
+        /// The tasks the table holds.
+        tasks: usize,
+    },
+}
+
+impl Diagnostic {
+    /// Whether the diagnostic is about this copy of the data rather than a known property of
+    /// the release, and deserves a warning when the domain loads.
+    pub fn is_warning(&self) -> bool {
+        matches!(self, Diagnostic::TableNotRelease { .. })
+    }
 }
 
 impl std::fmt::Display for Diagnostic {
@@ -204,6 +220,12 @@ impl std::fmt::Display for Diagnostic {
             }
             Diagnostic::LoaderFailure(why) => write!(f, "upstream's loader fails: {why}"),
             Diagnostic::UpstreamDefect(d) => write!(f, "upstream defect: {d}"),
+            Diagnostic::TableNotRelease { tasks } => write!(
+                f,
+                "test_set_with_outputs.csv ({tasks} tasks) is not the SOP-Bench release's \
+                 (upstream {}): a copy cut short or edited; results on it are not comparable",
+                &RELEASE_COMMIT[..7]
+            ),
         }
     }
 }
@@ -320,6 +342,9 @@ impl Domain {
             evaluation_only,
         };
         let mut diagnostics = Vec::new();
+        if release::is_release_table(name, &table_text) == Some(false) {
+            diagnostics.push(Diagnostic::TableNotRelease { tasks: rows.len() });
+        }
         if input_columns.is_none() {
             diagnostics.push(Diagnostic::MissingInputColumns);
             if !header

@@ -80,7 +80,7 @@ impl MetricsSink for JsonlSink {
     }
 }
 
-/// Reads a metrics file written by [`JsonlSink`]: its steps, each once, in order (see
+/// Reads a metrics file written by [`JsonlSink`]: its records, checked to make one run (see
 /// [`read_metrics_log`]).
 ///
 /// # Errors
@@ -89,10 +89,12 @@ pub fn read_metrics(path: impl AsRef<Path>) -> Result<Vec<StepMetrics>, Error> {
     read_metrics_log(path).map(|log| log.steps)
 }
 
-/// A metrics file read whole: the run's steps and the resumptions it records.
+/// A metrics file read whole: the run's records and the resumptions it shows.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct MetricsLog {
-    /// One record per step, in step order; where a run was resumed, the resumed run's.
+    /// The records, in file order: a step may have several (its rollout and update metrics,
+    /// then its validation), each with its own metrics. Where a run was resumed, the records
+    /// it replaced are gone.
     pub steps: Vec<StepMetrics>,
     /// Where the file's steps go back: a run resumed from a checkpoint (with
     /// [`JsonlSink::append`]) records again the steps after its checkpoint.
@@ -106,7 +108,7 @@ pub struct Resumption {
     pub line: usize,
     /// The first step the resumed run recorded.
     pub step: u64,
-    /// How many records of the earlier attempt (steps `step` and later) it replaced.
+    /// How many records of the earlier attempt (of step `step` and later) it replaced.
     pub replaced: usize,
 }
 
@@ -120,11 +122,18 @@ impl std::fmt::Display for Resumption {
     }
 }
 
-/// Reads a metrics file, checking its steps. Steps must increase; a step that goes back to an
-/// earlier one starts a resumed run, whose records replace the earlier attempt's from there on
-/// ([`MetricsLog::resumptions`] says where). A record that repeats an earlier record of its
-/// step exactly is a copied line, not a resumed step (a rerun step has its own timings), and
-/// is an error. An empty file is an empty log.
+/// The metric names a record reports (the turns histogram included).
+fn reported(m: &StepMetrics) -> impl Iterator<Item = &str> {
+    let hist = (!m.turns.is_empty()).then_some("rollout/turns/hist");
+    m.values.keys().map(String::as_str).chain(hist)
+}
+
+/// Reads a metrics file, checking that its records make one run. Steps never go back, and a
+/// step's several records report different metrics. A record that breaks this starts a
+/// resumed run, whose records replace the earlier attempt's from its step on
+/// ([`MetricsLog::resumptions`] says where) — unless it repeats an earlier record exactly,
+/// which a rerun step never does (it has its own timings): that is a copied line, an error.
+/// An empty file is an empty log.
 ///
 /// # Errors
 /// [`Error::Metrics`] naming the file and the line: a file that cannot be read, a line that is
@@ -141,19 +150,27 @@ pub fn read_metrics_log(path: impl AsRef<Path>) -> Result<MetricsLog, Error> {
     let mut log = MetricsLog::default();
     let mut lines: Vec<usize> = Vec::new();
     for (line, record) in records {
-        if log
-            .steps
-            .last()
-            .is_some_and(|last| record.step <= last.step)
-        {
-            let cut = log.steps.partition_point(|m| m.step < record.step);
-            if let Some(same) = log.steps.get(cut).filter(|m| **m == record) {
+        let goes_back = match log.steps.last() {
+            None => false,
+            Some(last) if record.step > last.step => false,
+            Some(last) if record.step < last.step => true,
+            // The same step again: another part of it, unless it reports a metric again.
+            Some(_) => {
+                let same_step = log.steps.iter().rev().take_while(|m| m.step == record.step);
+                let names: std::collections::BTreeSet<&str> =
+                    same_step.flat_map(reported).collect();
+                reported(&record).any(|n| names.contains(n))
+            }
+        };
+        if goes_back {
+            if let Some(i) = log.steps.iter().position(|m| *m == record) {
                 return Err(bad(format!(
                     "line {line} repeats line {} (step {}) exactly: a copied record, not a \
                      resumed run",
-                    lines[cut], same.step
+                    lines[i], record.step
                 )));
             }
+            let cut = log.steps.partition_point(|m| m.step < record.step);
             log.resumptions.push(Resumption {
                 line,
                 step: record.step,
