@@ -98,6 +98,11 @@ pub struct ToolContext<'a, S> {
 ///
 /// A tool reports failures as [`ToolOutput::error`]s the model can read and recover from. A
 /// panic ends the episode with an environment error, and never the process.
+///
+/// A call may block (I/O, a subprocess, a slow computation): the environment runs it on
+/// tokio's blocking pool, so a [`TimeLimit`](crate::layers::TimeLimit) or the driver's episode
+/// timeout still holds. A call past a limit is abandoned: it finishes on its own thread, and
+/// its episode's state is torn down then.
 pub trait Tool<S = ()>: Send + Sync {
     /// The advertised spec.
     fn spec(&self) -> &ToolSpec;
