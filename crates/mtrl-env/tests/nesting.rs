@@ -96,5 +96,8 @@ async fn deeply_nested_tool_arguments_are_a_tool_error_and_the_episode_goes_on()
     );
     assert!(!step.tool_results().unwrap()[0].ok);
     let step = env.step(&raw(r#"{"text": [[1]]}"#.into())).await.unwrap();
-    assert_eq!(step.messages[0].content, "\"[[1]]\"", "str() of the list, as JSON");
+    assert_eq!(
+        step.messages[0].content, "\"[[1]]\"",
+        "str() of the list, as JSON"
+    );
 }
