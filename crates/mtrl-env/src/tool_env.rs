@@ -745,7 +745,7 @@ impl<S: Send + 'static> ToolEnvironment<S> {
             return result;
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::task::spawn_blocking(move || {
+        let handle = tokio::task::spawn_blocking(move || {
             let result = work(&mut env);
             let episode = env.episode.take();
             if let Err((episode, _)) = tx.send((episode, result)) {
@@ -759,9 +759,14 @@ impl<S: Send + 'static> ToolEnvironment<S> {
                 self.episode = episode;
                 result
             }
-            Err(_) => Err(mtrl_core::Error::environment(
-                "the environment's work ended without an answer",
-            )),
+            // The work panicked (a state or prompt function; tools' panics are caught): the
+            // panic goes on from here, as it would have inline, for the driver to report.
+            Err(_) => match handle.await {
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                _ => Err(mtrl_core::Error::environment(
+                    "the environment's work ended without an answer",
+                )),
+            },
         }
     }
 }

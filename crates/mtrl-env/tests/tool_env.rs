@@ -385,3 +385,35 @@ async fn a_panicking_tool_ends_only_its_episode_and_state_is_still_torn_down() {
         "every episode's state was torn down"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_state_function_is_reported_as_a_panic_of_that_episode() {
+    let factory = ToolEnvironmentBuilder::with_state(|task: &Task, _| {
+        assert!(task.id() != "bad", "no state for this task");
+        Ok(0u32)
+    })
+    .build()
+    .unwrap();
+    let driver = RolloutDriver::new(Limits::default());
+    let tasks = [
+        Task::new("bad", json!({}), json!(null)).unwrap(),
+        Task::new("good", json!({}), json!(null)).unwrap(),
+    ];
+    struct Answer;
+    #[async_trait]
+    impl Agent for Answer {
+        async fn act(&self, _: &TurnContext<'_>) -> mtrl_core::Result<Action> {
+            Ok(Action::new(Message::assistant("done")))
+        }
+    }
+    let groups = driver.run_batch(&Answer, &factory, &tasks, 1).await;
+    let bad = &groups[0][0];
+    assert_eq!(bad.stop, StopReason::EnvironmentError);
+    let error = bad.error.as_ref().unwrap();
+    assert!(error.panicked, "{error:?}");
+    assert!(
+        error.message.contains("no state for this task"),
+        "{error:?}"
+    );
+    assert_eq!(groups[1][0].stop, StopReason::Answered);
+}
