@@ -1,5 +1,6 @@
 //! Injected tool faults are failed tool results: the evaluation summary's tool accuracy, the
-//! `ToolCallValidity` reward and what the agent was shown all count them the same way.
+//! `ToolCallValidity` reward and what the agent was shown all count them the same way; and a
+//! recording of the run replays to the same evaluation and rewards.
 
 use mtrl_core::{
     Action, Agent, Limits, Message, Reward, RolloutDriver, Task, ToolCall, ToolSpec, Trajectory,
@@ -40,8 +41,7 @@ fn failures_seen(t: &Trajectory) -> usize {
         .count()
 }
 
-#[tokio::test]
-async fn every_consumer_counts_an_injected_fault_as_the_failure_the_agent_saw() {
+fn echo_tools() -> mtrl_env::ToolEnvironmentFactory {
     let echo = tool_fn(
         ToolSpec::new(
             "echo",
@@ -51,14 +51,19 @@ async fn every_consumer_counts_an_injected_fault_as_the_failure_the_agent_saw() 
         .unwrap(),
         |args, _: &mut ToolContext<'_, ()>| ToolOutput::text(args["text"].as_str().unwrap()),
     );
-    let factory = ToolEnvironmentBuilder::new()
-        .tool(echo)
-        .build()
-        .unwrap()
-        .layer(FaultInjection::new(3).tool_errors(0.3));
-    let tasks: Vec<Task> = (0..40)
+    ToolEnvironmentBuilder::new().tool(echo).build().unwrap()
+}
+
+fn tasks() -> Vec<Task> {
+    (0..40)
         .map(|i| Task::new(format!("t{i}"), json!({}), json!({"answer": "x"})).unwrap())
-        .collect();
+        .collect()
+}
+
+#[tokio::test]
+async fn every_consumer_counts_an_injected_fault_as_the_failure_the_agent_saw() {
+    let factory = echo_tools().layer(FaultInjection::new(3).tool_errors(0.3));
+    let tasks = tasks();
     let groups = RolloutDriver::new(Limits::default())
         .run_batch(&Caller, &factory, &tasks, 1)
         .await;
@@ -100,4 +105,62 @@ async fn every_consumer_counts_an_injected_fault_as_the_failure_the_agent_saw() 
         (accuracy - expected).abs() < 1e-12,
         "{accuracy} vs {expected}"
     );
+}
+
+#[derive(Clone, Default)]
+struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Buffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_replayed_run_evaluates_and_scores_as_the_live_one() {
+    use mtrl_env::layers::{Recorder, Replayer};
+    let buf = Buffer::default();
+    let factory = echo_tools()
+        .layer(FaultInjection::new(3).tool_errors(0.3))
+        .layer(Recorder::new(buf.clone()));
+    let tasks = tasks();
+    let driver = RolloutDriver::new(Limits::default());
+    let live: Vec<Trajectory> = driver
+        .run_batch(&Caller, &factory, &tasks, 1)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let text = buf.0.lock().unwrap().clone();
+    let replayer = Replayer::from_jsonl(text.as_slice()).unwrap();
+    let replayed: Vec<Trajectory> = driver
+        .run_batch(&Caller, &replayer, &tasks, 1)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let evaluator = FinalOutputEvaluator::new();
+    let summary = |records| Summary::from_records(records).overall;
+    let live_records = evaluate_all(&evaluator, &tasks, &live).await.unwrap();
+    let replay_records = evaluate_all(&evaluator, &tasks, &replayed).await.unwrap();
+    let (a, b) = (summary(&live_records), summary(&replay_records));
+    assert_eq!(a.tool_accuracy(), b.tool_accuracy());
+    assert!(
+        a.tool_accuracy().unwrap() < 1.0,
+        "the faults are in the replay too"
+    );
+    assert_eq!(a.tsr(), b.tsr());
+    let reward = ToolCallValidity::new();
+    for ((l, r), task) in live.iter().zip(&replayed).zip(&tasks) {
+        assert_eq!(l.clone().untimed(), r.clone().untimed());
+        let (x, y) = (
+            reward.score(task, l).await.unwrap().total,
+            reward.score(task, r).await.unwrap().total,
+        );
+        assert_eq!(x, y, "{}", l.task_id);
+    }
 }

@@ -192,13 +192,7 @@ fn strip_timing(mut groups: Vec<Vec<Trajectory>>) -> Vec<Trajectory> {
     groups
         .drain(..)
         .flatten()
-        .map(|t| {
-            let mut t = t.untimed();
-            for turn in &mut t.turns {
-                turn.info.clear();
-            }
-            t
-        })
+        .map(Trajectory::untimed)
         .collect()
 }
 
@@ -450,4 +444,81 @@ async fn the_drivers_episode_timeout_stops_a_tool_that_blocks() {
         2,
         "both abandoned episodes were torn down"
     );
+}
+
+/// Echo tools with a reset that carries metadata.
+struct WithMetadata(<ToolEnvironmentFactory as mtrl_core::EnvironmentFactory>::Env);
+
+#[async_trait]
+impl Environment for WithMetadata {
+    async fn reset(&mut self, task: &Task, episode: &Episode) -> CoreResult<mtrl_core::Reset> {
+        let mut reset = self.0.reset(task, episode).await?;
+        reset
+            .metadata
+            .insert("difficulty".into(), json!(task.id().len()));
+        Ok(reset)
+    }
+    async fn step(&mut self, action: &Message) -> CoreResult<mtrl_core::Step> {
+        self.0.step(action).await
+    }
+}
+
+#[tokio::test]
+async fn a_replay_reproduces_infos_and_metadata_with_the_new_call_ids() {
+    let buf = SharedBuf::default();
+    let inner = tools();
+    let with_metadata = move |task: &Task, episode: &Episode| {
+        Ok(WithMetadata(mtrl_core::EnvironmentFactory::create(
+            &inner, task, episode,
+        )?))
+    };
+    // Faults and truncation inside the recorder: their infos name calls by id.
+    let recorded = with_metadata
+        .layer(FaultInjection::new(2).tool_errors(0.5))
+        .layer(TruncateOutputs::new(4, Side::Right))
+        .layer(Recorder::new(buf.clone()));
+    let tasks: Vec<Task> = (0..6).map(|i| task(&format!("task-{i}"))).collect();
+    let driver = RolloutDriver::new(Limits::default()).with_seed(5);
+    let live = strip_timing(driver.run_batch(&EchoAgent, &recorded, &tasks, 1).await);
+    assert!(live.iter().any(|t| t.turns.iter().any(|turn| {
+        turn.info
+            .get("injected_faults")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty())
+    })));
+    assert!(live.iter().all(|t| t.metadata.contains_key("difficulty")));
+
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let replayer = Replayer::from_jsonl(text.as_bytes()).unwrap();
+    let replayed = strip_timing(driver.run_batch(&EchoAgent, &replayer, &tasks, 1).await);
+    assert_eq!(replayed, live, "infos, tool results and metadata included");
+
+    /// The same calls under other ids: the replay's infos name the new ids.
+    struct Renamed;
+    #[async_trait]
+    impl Agent for Renamed {
+        async fn act(&self, ctx: &TurnContext<'_>) -> CoreResult<Action> {
+            let mut action = EchoAgent.act(ctx).await?;
+            for c in &mut action.message.tool_calls {
+                c.id = format!("new-{}", c.id);
+            }
+            Ok(action)
+        }
+    }
+    let renamed = strip_timing(driver.run_batch(&Renamed, &replayer, &tasks, 1).await);
+    for (r, l) in renamed.iter().zip(&live) {
+        for (rt, lt) in r.turns.iter().zip(&l.turns) {
+            let ids: Vec<String> = rt.action.tool_calls.iter().map(|c| c.id.clone()).collect();
+            if let Some(results) = rt.tool_results() {
+                assert_eq!(
+                    results
+                        .iter()
+                        .map(|x| x.call_id.clone())
+                        .collect::<Vec<_>>(),
+                    ids
+                );
+                assert_eq!(results.len(), lt.tool_results().unwrap().len());
+            }
+        }
+    }
 }

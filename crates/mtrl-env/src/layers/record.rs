@@ -8,7 +8,7 @@ use mtrl_core::{
     async_trait,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::Layer;
 
@@ -26,6 +26,9 @@ pub enum RecordEntry {
         messages: Vec<Message>,
         /// The advertised tools.
         tools: Vec<ToolSpec>,
+        /// The reset's metadata.
+        #[serde(default, skip_serializing_if = "Map::is_empty")]
+        metadata: Map<String, Value>,
     },
     /// The environment answered an action.
     Step {
@@ -41,6 +44,10 @@ pub enum RecordEntry {
         observations: Vec<Message>,
         /// Whether the episode ended.
         done: bool,
+        /// The step's `info` (tool results, injected faults, truncations…), which rewards and
+        /// evaluators read.
+        #[serde(default, skip_serializing_if = "Map::is_empty")]
+        info: Map<String, Value>,
     },
     /// The environment failed.
     Error {
@@ -136,6 +143,7 @@ impl<E: Environment> Environment for Recorded<E> {
                     seed: episode.seed,
                     messages: reset.messages.clone(),
                     tools: reset.tools.clone(),
+                    metadata: reset.metadata.clone(),
                 })?;
                 Ok(reset)
             }
@@ -164,6 +172,7 @@ impl<E: Environment> Environment for Recorded<E> {
                     action: action.clone(),
                     observations: step.messages.clone(),
                     done: step.done,
+                    info: step.info.clone(),
                 })?;
                 Ok(step)
             }
@@ -185,7 +194,8 @@ impl<E: Environment> Environment for Recorded<E> {
 }
 
 /// Serves recorded sessions back: an [`EnvironmentFactory`] whose environments answer exactly
-/// what was recorded for the same task and seed, as long as the agent makes the same tool calls
+/// what was recorded for the same task and seed (messages, reset metadata and each step's
+/// `info`, so that rewards and evaluators read a replay as they read the live run), as long as the agent makes the same tool calls
 /// (same names, same arguments as JSON values). Any divergence is an environment error that
 /// names the turn and both calls; it is never papered over.
 #[derive(Debug, Clone, Default)]
@@ -250,6 +260,24 @@ fn same_calls(recorded: &Message, action: &Message) -> bool {
             })
 }
 
+/// `value` with each string that is a recorded call id replaced by the id of the call that
+/// answers it now (tool results, injected faults and truncations name calls by id).
+fn renamed_calls(value: &Value, ids: &std::collections::HashMap<&str, &str>) -> Value {
+    match value {
+        Value::String(s) => match ids.get(s.as_str()) {
+            Some(id) => Value::String((*id).to_string()),
+            None => value.clone(),
+        },
+        Value::Array(items) => Value::Array(items.iter().map(|v| renamed_calls(v, ids)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), renamed_calls(v, ids)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 fn describe_calls(message: &Message) -> String {
     if message.tool_calls.is_empty() {
         return "a final answer".into();
@@ -282,7 +310,10 @@ impl Environment for ReplayEnvironment {
             .collect();
         self.turn = 0;
         let RecordEntry::Reset {
-            messages, tools, ..
+            messages,
+            tools,
+            metadata,
+            ..
         } = &self.entries[start]
         else {
             unreachable!("`start` was found as a reset entry")
@@ -290,7 +321,7 @@ impl Environment for ReplayEnvironment {
         Ok(Reset {
             messages: messages.clone(),
             tools: tools.clone(),
-            metadata: Default::default(),
+            metadata: metadata.clone(),
         })
     }
 
@@ -313,6 +344,7 @@ impl Environment for ReplayEnvironment {
                 action: recorded,
                 observations,
                 done,
+                info,
                 ..
             } => {
                 if !same_calls(recorded, action) {
@@ -339,10 +371,14 @@ impl Environment for ReplayEnvironment {
                         m
                     })
                     .collect();
+                let info = info
+                    .iter()
+                    .map(|(k, v)| (k.clone(), renamed_calls(v, &ids)))
+                    .collect();
                 Ok(Step {
                     messages,
                     done: *done,
-                    info: Default::default(),
+                    info,
                 })
             }
             RecordEntry::Error { message, .. } => Err(replay_error(format!(
