@@ -120,3 +120,61 @@ impl<A: Agent + ?Sized> Agent for Box<A> {
         (**self).act(ctx).await
     }
 }
+
+impl From<Message> for Action {
+    fn from(message: Message) -> Self {
+        Action::new(message)
+    }
+}
+
+/// An [`Agent`] made of a closure (see [`agent_fn`]).
+#[derive(Clone)]
+pub struct FnAgent<F>(F);
+
+impl<F> std::fmt::Debug for FnAgent<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FnAgent").finish_non_exhaustive()
+    }
+}
+
+/// An agent from a closure that is given the turn's context and returns the next assistant
+/// message (or a whole [`Action`]): scripted agents for tests, demonstrations and baselines,
+/// the way `mtrl_env::tool_fn` makes tools. An error ends that episode with
+/// [`StopReason::AgentError`](crate::StopReason::AgentError), as any agent's does.
+///
+/// ```
+/// use mtrl_core::{Message, ToolCall, agent_fn};
+/// use serde_json::json;
+/// // Looks the order up, then answers with what the tool said.
+/// let agent = agent_fn(|ctx| {
+///     Ok(match ctx.turn_index() {
+///         0 => Message::assistant_with_calls(
+///             "",
+///             vec![ToolCall::new("c0", "getOrder", &json!({"order_id": "A-1"}))],
+///         ),
+///         _ => {
+///             let seen = &ctx.messages.last().expect("the tool answered").content;
+///             Message::assistant(format!("<final_output>{seen}</final_output>"))
+///         }
+///     })
+/// });
+/// # let _ = agent;
+/// ```
+pub fn agent_fn<F, R>(f: F) -> FnAgent<F>
+where
+    F: Fn(&TurnContext<'_>) -> Result<R> + Send + Sync,
+    R: Into<Action>,
+{
+    FnAgent(f)
+}
+
+#[async_trait]
+impl<F, R> Agent for FnAgent<F>
+where
+    F: Fn(&TurnContext<'_>) -> Result<R> + Send + Sync,
+    R: Into<Action>,
+{
+    async fn act(&self, ctx: &TurnContext<'_>) -> Result<Action> {
+        (self.0)(ctx).map(Into::into)
+    }
+}

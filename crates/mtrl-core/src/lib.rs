@@ -120,7 +120,7 @@ pub mod task;
 pub mod tool;
 pub mod trajectory;
 
-pub use agent::{Action, Agent, Budget, TurnContext};
+pub use agent::{Action, Agent, Budget, FnAgent, TurnContext, agent_fn};
 pub use answer::{
     Answer, AnswerError, AnswerParser, FINAL_OUTPUT_TAG, Several, normalise_text, values_match,
 };
@@ -130,7 +130,7 @@ pub use evaluator::{Evaluation, Evaluator, Failure, FieldResult};
 pub use jsonl::{from_jsonl_str, read_jsonl, read_jsonl_lines, to_jsonl_string, write_jsonl};
 pub use message::{Message, Role, ToolCall};
 pub use reward::{Reward, RewardValue};
-pub use rollout::{AbortSignal, Limits, RolloutDriver, derive_seed, stop_counts};
+pub use rollout::{AbortSignal, Limits, RolloutDriver, SplitMix64, derive_seed, stop_counts};
 pub use task::{Task, TaskView};
 pub use tool::ToolSpec;
 pub use trajectory::{

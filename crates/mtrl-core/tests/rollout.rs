@@ -421,3 +421,46 @@ fn every_stop_reason_has_a_distinct_name_and_class() {
     assert!(!StopReason::Answered.is_failure());
     assert!(StopReason::Timeout.is_failure());
 }
+
+#[tokio::test]
+async fn a_closure_is_an_agent() {
+    use mtrl_core::{Action, agent_fn};
+    // Looks two keys up, then answers with the last tool message; fails on a task named "x".
+    let agent = agent_fn(|ctx| {
+        if ctx.task.id() == "x" {
+            return Err(mtrl_core::Error::agent(std::io::Error::other(
+                "no script for x",
+            )));
+        }
+        Ok(match ctx.turn_index() {
+            i @ (0 | 1) => Message::assistant_with_calls(
+                "",
+                vec![mtrl_core::ToolCall::new(
+                    format!("c{i}"),
+                    "lookup",
+                    &serde_json::json!({"key": if i == 0 { "a" } else { "b" }}),
+                )],
+            ),
+            _ => Message::assistant(ctx.messages.last().unwrap().content.clone()),
+        })
+    });
+    let probe = Arc::new(Probe::default());
+    let d = driver(Limits::default());
+    let t = task("t1");
+    let mut env = TestEnv::new(Faults::default(), probe.clone());
+    let trajectory = d.run_episode(&agent, &mut env, &t, d.episode(&t, 0)).await;
+    assert_eq!(trajectory.stop, StopReason::Answered);
+    assert_eq!(trajectory.tool_calls(), 2);
+    let x = task("x");
+    let mut env = TestEnv::new(Faults::default(), probe);
+    let failed = d.run_episode(&agent, &mut env, &x, d.episode(&x, 0)).await;
+    assert_eq!(failed.stop, StopReason::AgentError);
+    assert!(failed.error.unwrap().message.contains("no script for x"));
+    // A closure may return a whole action too.
+    let counted = agent_fn(|_| Ok(Action::new(Message::assistant("done")).with_tokens_used(3)));
+    let mut env = TestEnv::new(Faults::default(), Arc::new(Probe::default()));
+    let t = d
+        .run_episode(&counted, &mut env, &task("t1"), d.episode(&t, 1))
+        .await;
+    assert_eq!(t.tokens_used(), 3);
+}
