@@ -82,6 +82,16 @@ pub trait Environment: Send {
     /// Answers the assistant's action.
     async fn step(&mut self, action: &Message) -> Result<Step>;
 
+    /// What the episode left behind, for the trusted side: a JSON snapshot of the state the
+    /// agent acted on (the orders it cancelled, the records it wrote), so that a reward or an
+    /// evaluator can check that the agent did what it says it did. The driver asks once, when
+    /// the episode has ended (after a successful reset, however the turns ended) and before
+    /// [`Environment::close`], and stores it as [`Trajectory::outcome`](crate::Trajectory::outcome).
+    /// The agent never sees it. `None` (the default) when the environment has nothing to report.
+    async fn outcome(&mut self) -> Result<Option<serde_json::Value>> {
+        Ok(None)
+    }
+
     /// Releases what the episode holds. Called once after every episode that was created,
     /// however it ended.
     async fn close(&mut self) -> Result<()> {
@@ -97,6 +107,10 @@ impl<E: Environment + ?Sized> Environment for Box<E> {
 
     async fn step(&mut self, action: &Message) -> Result<Step> {
         (**self).step(action).await
+    }
+
+    async fn outcome(&mut self) -> Result<Option<serde_json::Value>> {
+        (**self).outcome().await
     }
 
     async fn close(&mut self) -> Result<()> {

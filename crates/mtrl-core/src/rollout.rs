@@ -197,10 +197,26 @@ impl RolloutDriver {
             Ok(never) => match never {},
             Err(ended) => ended,
         };
+        let reset = !ended
+            .error
+            .as_ref()
+            .is_some_and(|e| e.phase == Phase::Reset);
         trajectory.stop = ended.reason;
         trajectory.error = ended.error;
 
         let close_start = Instant::now();
+        if reset {
+            let reported = guarded(
+                Some(close_start + self.limits.close_timeout),
+                None,
+                env.outcome(),
+            )
+            .await;
+            match settle(Phase::Outcome, reported, &self.limits) {
+                Ok(outcome) => trajectory.outcome = outcome,
+                Err(ended) => trajectory.close_error = ended.error,
+            }
+        }
         let closed = guarded(
             Some(close_start + self.limits.close_timeout),
             None,
@@ -209,7 +225,7 @@ impl RolloutDriver {
         .await;
         trajectory.timing.env_us += micros(close_start);
         if let Err(ended) = settle(Phase::Close, closed, &self.limits) {
-            trajectory.close_error = ended.error;
+            trajectory.close_error = trajectory.close_error.take().or(ended.error);
         }
         trajectory.timing.total_us = micros(start);
         trajectory

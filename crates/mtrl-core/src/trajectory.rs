@@ -120,6 +120,8 @@ pub enum Phase {
     Act,
     /// The environment answering the action.
     Step,
+    /// Asking the environment for the episode's outcome.
+    Outcome,
     /// Closing the environment.
     Close,
 }
@@ -506,7 +508,13 @@ pub struct Trajectory {
     /// abort, or an agent that overran its token budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<EpisodeError>,
-    /// An error from closing the environment, kept apart so that it never hides the stop reason.
+    /// What the environment reported the episode left behind
+    /// ([`Environment::outcome`](crate::Environment::outcome)): for rewards and evaluators,
+    /// never shown to the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Value>,
+    /// An error from reporting the outcome or closing the environment (the first of the two),
+    /// kept apart so that it never hides the stop reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub close_error: Option<EpisodeError>,
     /// Wall-clock totals.
@@ -527,6 +535,7 @@ impl Trajectory {
             turns: Vec::new(),
             stop: StopReason::Aborted,
             error: None,
+            outcome: None,
             close_error: None,
             timing: Timing::default(),
             metadata: Map::new(),

@@ -464,3 +464,104 @@ async fn a_closure_is_an_agent() {
         .await;
     assert_eq!(t.tokens_used(), 3);
 }
+
+/// Counts its steps; reports the count as the episode's outcome.
+struct Counting {
+    steps: usize,
+    reset_fails: bool,
+    outcome_fails: bool,
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[mtrl_core::async_trait]
+impl mtrl_core::Environment for Counting {
+    async fn reset(
+        &mut self,
+        _: &mtrl_core::Task,
+        _: &mtrl_core::Episode,
+    ) -> mtrl_core::Result<mtrl_core::Reset> {
+        if self.reset_fails {
+            return Err(mtrl_core::Error::environment("no sandbox"));
+        }
+        Ok(mtrl_core::Reset {
+            messages: vec![Message::user("count")],
+            ..Default::default()
+        })
+    }
+    async fn step(&mut self, action: &Message) -> mtrl_core::Result<mtrl_core::Step> {
+        self.steps += 1;
+        Ok(if action.tool_calls.is_empty() {
+            mtrl_core::Step::done(vec![])
+        } else {
+            mtrl_core::Step::next(vec![Message::tool(&action.tool_calls[0].id, "tick", "ok")])
+        })
+    }
+    async fn outcome(&mut self) -> mtrl_core::Result<Option<serde_json::Value>> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        if self.outcome_fails {
+            return Err(mtrl_core::Error::environment("the ledger is unreadable"));
+        }
+        Ok(Some(serde_json::json!({"steps": self.steps})))
+    }
+}
+
+#[tokio::test]
+async fn the_outcome_is_asked_once_the_episode_ends_and_kept_for_the_trusted_side() {
+    let agent = mtrl_core::agent_fn(|ctx| {
+        Ok(if ctx.turn_index() < 2 {
+            Message::assistant_with_calls(
+                "",
+                vec![mtrl_core::ToolCall::new(
+                    "c",
+                    "tick",
+                    &serde_json::json!({}),
+                )],
+            )
+        } else {
+            Message::assistant("done")
+        })
+    });
+    let d = driver(Limits::default());
+    let t = task("t1");
+    let run = |reset_fails, outcome_fails| {
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let env = Counting {
+            steps: 0,
+            reset_fails,
+            outcome_fails,
+            asked: asked.clone(),
+        };
+        (env, asked)
+    };
+    let (mut env, asked) = run(false, false);
+    let trajectory = d.run_episode(&agent, &mut env, &t, d.episode(&t, 0)).await;
+    assert_eq!(trajectory.stop, StopReason::Answered);
+    assert_eq!(trajectory.outcome, Some(serde_json::json!({"steps": 3})));
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    assert!(
+        trajectory
+            .messages()
+            .iter()
+            .all(|m| !m.content.contains("steps"))
+    );
+    // It survives the trajectory's JSON.
+    let back: Trajectory =
+        serde_json::from_str(&serde_json::to_string(&trajectory).unwrap()).unwrap();
+    assert_eq!(back.outcome, trajectory.outcome);
+    // An outcome that fails is a close error, never the stop reason.
+    let (mut env, _) = run(false, true);
+    let trajectory = d.run_episode(&agent, &mut env, &t, d.episode(&t, 0)).await;
+    assert_eq!(trajectory.stop, StopReason::Answered);
+    assert_eq!(trajectory.outcome, None);
+    let e = trajectory.close_error.unwrap();
+    assert_eq!(e.phase, mtrl_core::Phase::Outcome);
+    assert!(e.message.contains("ledger"), "{e:?}");
+    // No episode, no outcome.
+    let (mut env, asked) = run(true, false);
+    let trajectory = d.run_episode(&agent, &mut env, &t, d.episode(&t, 0)).await;
+    assert_eq!(trajectory.stop, StopReason::EnvironmentError);
+    assert_eq!(
+        (trajectory.outcome, asked.load(Ordering::SeqCst)),
+        (None, 0)
+    );
+}

@@ -32,6 +32,7 @@ pub enum Validation {
 type PromptFn = dyn Fn(&Task, &[ToolSpec]) -> mtrl_core::Result<Vec<Message>> + Send + Sync;
 type StateFn<S> = dyn Fn(&Task, &mut EpisodeSources) -> mtrl_core::Result<S> + Send + Sync;
 type TeardownFn<S> = dyn Fn(S) + Send + Sync;
+type OutcomeFn<S> = dyn Fn(&Task, &S) -> mtrl_core::Result<Value> + Send + Sync;
 
 /// How a tool runs.
 enum Backend<S> {
@@ -69,6 +70,7 @@ struct Shared<S> {
     prompt: Box<PromptFn>,
     state: Box<StateFn<S>>,
     teardown: Option<Box<TeardownFn<S>>>,
+    outcome: Option<Box<OutcomeFn<S>>>,
 }
 
 /// Builds a [`ToolEnvironmentFactory`]: the tools, the validation mode, the opening prompt and,
@@ -79,6 +81,7 @@ pub struct ToolEnvironmentBuilder<S = ()> {
     prompt: Box<PromptFn>,
     state: Box<StateFn<S>>,
     teardown: Option<Box<TeardownFn<S>>>,
+    outcome: Option<Box<OutcomeFn<S>>>,
 }
 
 impl Default for ToolEnvironmentBuilder<()> {
@@ -108,7 +111,21 @@ impl<S: Send + 'static> ToolEnvironmentBuilder<S> {
             prompt: Box::new(default_prompt),
             state: Box::new(make),
             teardown: None,
+            outcome: None,
         }
+    }
+
+    /// Reports the episode's outcome when it ends ([`Environment::outcome`]): `snapshot`
+    /// reads the task and the episode's final state (the orders as the tools left them) and
+    /// returns it as JSON, for rewards and evaluators to check what the agent did. The agent
+    /// never sees it.
+    #[must_use]
+    pub fn outcome<F>(mut self, snapshot: F) -> Self
+    where
+        F: Fn(&Task, &S) -> mtrl_core::Result<Value> + Send + Sync + 'static,
+    {
+        self.outcome = Some(Box::new(snapshot));
+        self
     }
 
     /// Runs `teardown` on the state when the episode ends: at close, or when the environment is
@@ -221,6 +238,7 @@ impl<S: Send + 'static> ToolEnvironmentBuilder<S> {
             prompt: self.prompt,
             state: self.state,
             teardown: self.teardown,
+            outcome: self.outcome,
         })))
     }
 }
@@ -802,6 +820,24 @@ impl<S: Send + 'static> Environment for ToolEnvironment<S> {
         let action = action.clone();
         self.off_the_workers(move |env| env.step_sync(&action))
             .await
+    }
+
+    /// The builder's [`outcome`](ToolEnvironmentBuilder::outcome) snapshot of the episode's
+    /// state, taken off the async workers; `None` without one, or when no episode is running.
+    async fn outcome(&mut self) -> mtrl_core::Result<Option<Value>> {
+        if self.shared.outcome.is_none() || self.episode.is_none() {
+            return Ok(None);
+        }
+        self.off_the_workers(|env| {
+            let (Some(snapshot), Some(episode)) = (&env.shared.outcome, &env.episode) else {
+                return Ok(None);
+            };
+            match &episode.state {
+                Some(state) => snapshot(&episode.task, state).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
     }
 
     async fn close(&mut self) -> mtrl_core::Result<()> {

@@ -522,3 +522,52 @@ async fn a_replay_reproduces_infos_and_metadata_with_the_new_call_ids() {
         }
     }
 }
+
+/// A counter the `echo` tool bumps; the outcome is the count.
+fn counting_tools() -> ToolEnvironmentFactory<u32> {
+    let echo = tool_fn(
+        ToolSpec::new(
+            "echo",
+            "Echoes and counts.",
+            json!({"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}),
+        )
+        .unwrap(),
+        |args, cx: &mut ToolContext<'_, u32>| {
+            *cx.state += 1;
+            ToolOutput::text(args["text"].as_str().unwrap())
+        },
+    );
+    ToolEnvironmentBuilder::with_state(|_, _| Ok(0u32))
+        .outcome(|task, calls| Ok(json!({"task": task.id(), "calls": calls})))
+        .tool(echo)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_outcome_goes_through_every_layer_and_replays() {
+    let buf = SharedBuf::default();
+    let factory = counting_tools()
+        .layer(FaultInjection::new(4).tool_errors(0.3))
+        .layer(TruncateOutputs::new(100, Side::Right))
+        .layer(TimeLimit::new(Duration::from_secs(5)))
+        .layer(Recorder::new(buf.clone()));
+    let tasks: Vec<Task> = (0..5).map(|i| task(&format!("t{i}"))).collect();
+    let driver = RolloutDriver::new(Limits::default()).with_seed(3);
+    let live = strip_timing(driver.run_batch(&EchoAgent, &factory, &tasks, 1).await);
+    for t in &live {
+        let outcome = t.outcome.as_ref().expect("an outcome");
+        assert_eq!(outcome["task"], json!(t.task_id));
+        // The calls that reached the tool: those that were not faulted.
+        let ok = t.tool_outcomes().ok as u64;
+        assert_eq!(outcome["calls"], json!(ok), "{}", t.task_id);
+    }
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains(r#""kind":"outcome""#));
+    let replayer = Replayer::from_jsonl(text.as_bytes()).unwrap();
+    let replayed = strip_timing(driver.run_batch(&EchoAgent, &replayer, &tasks, 1).await);
+    assert_eq!(replayed, live, "outcomes included");
+    // Without a snapshot function there is no outcome.
+    let plain = strip_timing(driver.run_batch(&EchoAgent, &tools(), &tasks, 1).await);
+    assert!(plain.iter().all(|t| t.outcome.is_none()));
+}

@@ -56,6 +56,10 @@ impl Environment for Counter {
             Step::next(vec![reply])
         })
     }
+
+    async fn outcome(&mut self) -> mtrl_core::Result<Option<Value>> {
+        Ok(Some(json!({"label": self.label, "seen": self.seen.len()})))
+    }
 }
 
 fn counter_factory(
@@ -400,6 +404,8 @@ async fn remote_episodes_equal_local_ones_and_an_absent_server_is_an_environment
     {
         assert_eq!(l.stop, StopReason::Answered);
         assert!(r.close_error.is_none(), "{:?}", r.close_error);
+        assert!(l.outcome.is_some());
+        // Outcomes included: the client asks the server for them.
         assert_eq!(l.untimed(), r.untimed());
     }
     // Every session was closed.

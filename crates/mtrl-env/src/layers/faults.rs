@@ -163,6 +163,10 @@ impl<E: Environment> Environment for Faulty<E> {
         Ok(step.with_tool_results(&results))
     }
 
+    async fn outcome(&mut self) -> Result<Option<serde_json::Value>> {
+        self.inner.outcome().await
+    }
+
     async fn close(&mut self) -> Result<()> {
         self.inner.close().await
     }

@@ -49,6 +49,16 @@ pub enum RecordEntry {
         #[serde(default, skip_serializing_if = "Map::is_empty")]
         info: Map<String, Value>,
     },
+    /// The episode's outcome, as the environment reported it when the episode ended.
+    Outcome {
+        /// The task.
+        task_id: String,
+        /// The episode seed.
+        seed: u64,
+        /// The outcome (absent: the environment reported none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outcome: Option<Value>,
+    },
     /// The environment failed.
     Error {
         /// The task.
@@ -67,6 +77,7 @@ impl RecordEntry {
         match self {
             RecordEntry::Reset { task_id, seed, .. }
             | RecordEntry::Step { task_id, seed, .. }
+            | RecordEntry::Outcome { task_id, seed, .. }
             | RecordEntry::Error { task_id, seed, .. } => (task_id, *seed),
         }
     }
@@ -175,6 +186,30 @@ impl<E: Environment> Environment for Recorded<E> {
                     info: step.info.clone(),
                 })?;
                 Ok(step)
+            }
+            Err(e) => {
+                self.recorder.write(&RecordEntry::Error {
+                    task_id,
+                    seed,
+                    turn,
+                    message: e.to_string(),
+                })?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn outcome(&mut self) -> Result<Option<Value>> {
+        let (task_id, seed) = self.key.clone().unwrap_or_default();
+        let turn = self.turn;
+        match self.inner.outcome().await {
+            Ok(outcome) => {
+                self.recorder.write(&RecordEntry::Outcome {
+                    task_id,
+                    seed,
+                    outcome: outcome.clone(),
+                })?;
+                Ok(outcome)
             }
             Err(e) => {
                 self.recorder.write(&RecordEntry::Error {
@@ -336,7 +371,7 @@ impl Environment for ReplayEnvironment {
                 RecordEntry::Step { turn: t, .. } | RecordEntry::Error { turn: t, .. } => {
                     *t == turn
                 }
-                RecordEntry::Reset { .. } => false,
+                RecordEntry::Reset { .. } | RecordEntry::Outcome { .. } => false,
             })
             .ok_or_else(|| replay_error(format!("the recording has no turn {turn}")))?;
         match entry {
@@ -384,7 +419,21 @@ impl Environment for ReplayEnvironment {
             RecordEntry::Error { message, .. } => Err(replay_error(format!(
                 "turn {turn} failed when recorded: {message}"
             ))),
-            RecordEntry::Reset { .. } => unreachable!("filtered out above"),
+            RecordEntry::Reset { .. } | RecordEntry::Outcome { .. } => {
+                unreachable!("filtered out above")
+            }
         }
+    }
+
+    /// The outcome recorded for this session (none when the recording has none).
+    async fn outcome(&mut self) -> Result<Option<Value>> {
+        Ok(self
+            .session
+            .iter()
+            .find_map(|&i| match &self.entries[i] {
+                RecordEntry::Outcome { outcome, .. } => Some(outcome.clone()),
+                _ => None,
+            })
+            .flatten())
     }
 }

@@ -6,7 +6,7 @@ use mtrl_core::{Environment, Episode, Error, Message, Reset, Result, Step, Task,
 
 use super::Layer;
 
-/// Fails any reset or step of the inner environment that takes longer than a limit, with an
+/// Fails any reset, step or outcome report of the inner environment that takes longer than a limit, with an
 /// environment error naming the limit. The rollout driver then ends that episode alone.
 #[derive(Debug, Clone, Copy)]
 pub struct TimeLimit {
@@ -62,6 +62,13 @@ impl<E: Environment> Environment for TimeLimited<E> {
         match tokio::time::timeout(limit, self.inner.step(action)).await {
             Ok(r) => r,
             Err(_) => Err(self.exceeded("step")),
+        }
+    }
+
+    async fn outcome(&mut self) -> Result<Option<serde_json::Value>> {
+        match tokio::time::timeout(self.limit, self.inner.outcome()).await {
+            Ok(r) => r,
+            Err(_) => Err(self.exceeded("outcome")),
         }
     }
 

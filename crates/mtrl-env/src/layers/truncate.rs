@@ -124,6 +124,10 @@ impl<E: Environment> Environment for Truncated<E> {
         Ok(step)
     }
 
+    async fn outcome(&mut self) -> Result<Option<serde_json::Value>> {
+        self.inner.outcome().await
+    }
+
     async fn close(&mut self) -> Result<()> {
         self.inner.close().await
     }

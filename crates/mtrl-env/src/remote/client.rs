@@ -10,7 +10,10 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{CreateSession, ErrorBody, ErrorCode, Health, SessionCreated, StepAnswer, StepRequest};
+use super::{
+    CreateSession, ErrorBody, ErrorCode, Health, OutcomeAnswer, SessionCreated, StepAnswer,
+    StepRequest,
+};
 
 /// The client's timeouts and retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,6 +292,19 @@ impl Environment for RemoteEnvironment {
         }
         self.seq = seq;
         Ok(answer.step)
+    }
+
+    async fn outcome(&mut self) -> mtrl_core::Result<Option<serde_json::Value>> {
+        let Some(id) = self.session.as_deref() else {
+            return Ok(None);
+        };
+        let path = format!("/v1/sessions/{id}/outcome");
+        let answer: OutcomeAnswer = self
+            .inner
+            .call::<(), _>("outcome", Method::GET, &path, None, true)
+            .await
+            .map_err(mtrl_core::Error::environment)?;
+        Ok(answer.outcome)
     }
 
     async fn close(&mut self) -> mtrl_core::Result<()> {

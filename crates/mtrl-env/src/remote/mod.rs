@@ -13,6 +13,7 @@
 //! | `GET /v1/health` | — | 200 [`Health`] |
 //! | `POST /v1/sessions` | [`CreateSession`]: `{"task": Task, "episode": Episode}` | 201 [`SessionCreated`]: `{"session": id, "reset": Reset}` |
 //! | `POST /v1/sessions/{id}/step` | [`StepRequest`]: `{"seq": n, "action": Message}` | 200 [`StepAnswer`]: `{"seq": n, "step": Step}` |
+//! | `GET /v1/sessions/{id}/outcome` | — | 200 [`OutcomeAnswer`]: `{"outcome": value or null}` |
 //! | `DELETE /v1/sessions/{id}` | — | 200 `{"closed": id}` |
 //!
 //! - Each session is its own environment, made by the server's factory for that task and
@@ -88,6 +89,15 @@ pub struct StepAnswer {
     pub seq: u64,
     /// The environment's answer.
     pub step: Step,
+}
+
+/// The answer to `GET /v1/sessions/{id}/outcome`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomeAnswer {
+    /// The episode's outcome ([`Environment::outcome`](mtrl_core::Environment::outcome)), or
+    /// null when the environment reports none.
+    pub outcome: Option<serde_json::Value>,
 }
 
 /// The answer to `GET /v1/health`.

@@ -19,8 +19,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::{
-    CreateSession, ErrorBody, ErrorCode, ErrorDetail, Health, SessionCreated, StepAnswer,
-    StepRequest,
+    CreateSession, ErrorBody, ErrorCode, ErrorDetail, Health, OutcomeAnswer, SessionCreated,
+    StepAnswer, StepRequest,
 };
 
 /// The server's limits.
@@ -308,6 +308,7 @@ where
         .route("/v1/health", get(health::<F>))
         .route("/v1/sessions", post(create::<F>))
         .route("/v1/sessions/{id}/step", post(step::<F>))
+        .route("/v1/sessions/{id}/outcome", get(outcome::<F>))
         .route("/v1/sessions/{id}", delete(close::<F>))
         .fallback(|| async { fail(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -615,6 +616,49 @@ where
                 format!("the step took longer than {limit:?}; session {id} is closed"),
             )
         }
+    }
+}
+
+async fn outcome<F>(State(shared): State<Arc<Shared<F>>>, Path(id): Path<String>) -> Response
+where
+    F: EnvironmentFactory + Send + 'static,
+    F::Env: 'static,
+{
+    detached(outcome_session(shared, id)).await
+}
+
+/// The session's outcome, asked of its environment under the per-step limit. Asking again
+/// asks again: an outcome is a read of the episode's state, not a step.
+async fn outcome_session<F>(shared: Arc<Shared<F>>, id: String) -> Response
+where
+    F: EnvironmentFactory + Send + 'static,
+    F::Env: 'static,
+{
+    let Some(session) = shared.session(&id) else {
+        return unknown(&id);
+    };
+    let Ok(guard) = session.env.clone().try_lock_owned() else {
+        return fail(
+            ErrorCode::Busy,
+            format!("session {id} is in the middle of a step"),
+        );
+    };
+    lock(&session.state).last_used = Instant::now();
+    let limit = shared.config.step_timeout;
+    match call_env(guard, limit, |mut env| async move { env.outcome().await }).await {
+        Called::Done(Ok(outcome)) => ok(StatusCode::OK, &OutcomeAnswer { outcome }),
+        Called::Done(Err(e)) => fail(ErrorCode::EnvironmentError, e.to_string()),
+        Called::Panicked(p) => {
+            shared.remove(&id);
+            fail(
+                ErrorCode::EnvironmentError,
+                format!("the environment panicked in outcome; session {id} is closed: {p}"),
+            )
+        }
+        Called::TimedOut => fail(
+            ErrorCode::StepTimeout,
+            format!("the outcome took longer than {limit:?}"),
+        ),
     }
 }
 

@@ -635,6 +635,13 @@ impl mtrl_core::Environment for SopBenchEnvironment {
         }
     }
 
+    async fn outcome(&mut self) -> mtrl_core::Result<Option<Value>> {
+        match self {
+            SopBenchEnvironment::Strict(e) => e.outcome().await,
+            SopBenchEnvironment::Parity(e) => e.outcome().await,
+        }
+    }
+
     async fn close(&mut self) -> mtrl_core::Result<()> {
         match self {
             SopBenchEnvironment::Strict(e) => e.close().await,
