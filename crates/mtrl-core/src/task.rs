@@ -25,6 +25,8 @@ pub struct Task {
     id: String,
     inputs: Map<String, Value>,
     ground_truth: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expected_outcome: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     metadata: Map<String, Value>,
 }
@@ -37,6 +39,8 @@ struct TaskFields {
     inputs: Map<String, Value>,
     ground_truth: Value,
     #[serde(default)]
+    expected_outcome: Option<Map<String, Value>>,
+    #[serde(default)]
     metadata: Map<String, Value>,
 }
 
@@ -45,6 +49,7 @@ impl TryFrom<TaskFields> for Task {
 
     fn try_from(t: TaskFields) -> Result<Self> {
         let mut task = Task::new(t.id, Value::Object(t.inputs), t.ground_truth)?;
+        task.expected_outcome = t.expected_outcome;
         task.metadata = t.metadata;
         Ok(task)
     }
@@ -71,8 +76,24 @@ impl Task {
             id,
             inputs,
             ground_truth,
+            expected_outcome: None,
             metadata: Map::new(),
         })
+    }
+
+    /// Expects the episode to leave this outcome behind: each field must match the same field
+    /// of the environment's [`Trajectory::outcome`](crate::Trajectory::outcome) (the order
+    /// cancelled, the refund recorded), beside the answer fields of the ground truth. For the
+    /// trusted side only, like the ground truth.
+    #[must_use]
+    pub fn with_expected_outcome(mut self, fields: Map<String, Value>) -> Self {
+        self.expected_outcome = Some(fields);
+        self
+    }
+
+    /// The outcome fields the episode must leave behind, if the task names any.
+    pub fn expected_outcome(&self) -> Option<&Map<String, Value>> {
+        self.expected_outcome.as_ref()
     }
 
     /// Adds one metadata entry (domain, label, difficulty…). Metadata is not shown to the agent.

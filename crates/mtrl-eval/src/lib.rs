@@ -41,7 +41,7 @@ pub mod monitor;
 mod sampled;
 mod summary;
 
-pub use evaluator::FinalOutputEvaluator;
+pub use evaluator::{FinalOutputEvaluator, OUTCOME_PREFIX};
 pub use sampled::{
     Bootstrap, Estimate, SampledMetrics, TaskOutcome, mean_at_k, pass_at_k, task_outcomes,
 };
@@ -68,6 +68,14 @@ pub enum Error {
     /// Sample counts that do not make sense for pass@k or a bootstrap.
     #[error("invalid sampling: {0}")]
     InvalidSampling(String),
+    /// A field's numeric tolerance is negative or not finite.
+    #[error("the tolerance of `{field}` must be a number ≥ 0, not {value}")]
+    InvalidTolerance {
+        /// The field.
+        field: String,
+        /// The tolerance given.
+        value: f64,
+    },
     /// A chart could not be drawn.
     #[error("plot error: {0}")]
     Plot(String),

@@ -1,4 +1,5 @@
-//! The building blocks: exact match, per-field accuracy, format, tool-call validity, turn cost.
+//! The building blocks: exact match, per-field accuracy, format, tool-call validity, outcome
+//! match, turn cost.
 
 use mtrl_core::{AnswerParser, Reward, RewardValue, Task, Trajectory, async_trait, values_match};
 use serde_json::{Map, Value};
@@ -203,6 +204,70 @@ impl Reward for ToolCallValidity {
             self.if_no_calls
         } else {
             o.ok as f64 / o.calls as f64
+        };
+        Ok(RewardValue::new(value).with_component(&self.name, value))
+    }
+}
+
+/// The share of the task's [expected outcome](Task::expected_outcome) fields that the
+/// episode's [`Trajectory::outcome`] matches ([`values_match`], field by field): a dense term
+/// for doing the work, not only saying it was done. An episode with no outcome scores 0; a task
+/// with no expected outcome scores `if_none` (1 by default: nothing to get wrong). Logged as
+/// `outcome_match`.
+#[derive(Debug, Clone)]
+pub struct OutcomeMatch {
+    name: String,
+    if_none: f64,
+}
+
+impl Default for OutcomeMatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl OutcomeMatch {
+    /// Scores the share of expected outcome fields matched.
+    pub fn new() -> Self {
+        Self {
+            name: "outcome_match".into(),
+            if_none: 1.0,
+        }
+    }
+
+    /// The value for a task that expects no outcome.
+    #[must_use]
+    pub fn if_none(mut self, value: f64) -> Self {
+        self.if_none = value;
+        self
+    }
+
+    /// Logs the term under `name`.
+    #[must_use]
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+}
+
+#[async_trait]
+impl Reward for OutcomeMatch {
+    async fn score(&self, task: &Task, t: &Trajectory) -> mtrl_core::Result<RewardValue> {
+        let value = match task.expected_outcome() {
+            None => self.if_none,
+            Some(expected) if expected.is_empty() => self.if_none,
+            Some(expected) => {
+                let reported = t.outcome.as_ref().and_then(Value::as_object);
+                let right = expected
+                    .iter()
+                    .filter(|(k, e)| {
+                        reported
+                            .and_then(|o| o.get(*k))
+                            .is_some_and(|p| values_match(e, p))
+                    })
+                    .count();
+                right as f64 / expected.len() as f64
+            }
         };
         Ok(RewardValue::new(value).with_component(&self.name, value))
     }

@@ -50,7 +50,7 @@ mod blocks;
 mod combine;
 mod guard;
 
-pub use blocks::{ExactMatch, FieldAccuracy, Format, ToolCallValidity, TurnCost};
+pub use blocks::{ExactMatch, FieldAccuracy, Format, OutcomeMatch, ToolCallValidity, TurnCost};
 pub use combine::{Clip, Gate, Prefixed, RewardExt, SharedReward, WeightedSum};
 pub use guard::{GuardConfig, GuardKind, GuardWarning, Guards, Scored};
 
