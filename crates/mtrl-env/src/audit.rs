@@ -283,19 +283,28 @@ fn join(items: &[&String]) -> String {
         .join(", ")
 }
 
-/// What a transcript is for comparison: every message, the stop reason and the error.
-fn transcript(
-    t: &Trajectory,
-) -> (
-    Vec<mtrl_core::Message>,
-    mtrl_core::StopReason,
-    Option<String>,
-) {
-    (
-        t.messages(),
-        t.stop,
-        t.error.as_ref().map(|e| e.message.clone()),
-    )
+/// What a transcript is for comparison: every message, each step's `info` (tool results,
+/// faults, truncations), the reset's metadata, the stop reason, the error and the outcome:
+/// everything a reward or an evaluator reads.
+#[derive(PartialEq)]
+struct Transcript<'t> {
+    messages: Vec<mtrl_core::Message>,
+    infos: Vec<&'t serde_json::Map<String, serde_json::Value>>,
+    metadata: &'t serde_json::Map<String, serde_json::Value>,
+    stop: mtrl_core::StopReason,
+    error: Option<&'t str>,
+    outcome: Option<&'t serde_json::Value>,
+}
+
+fn transcript(t: &Trajectory) -> Transcript<'_> {
+    Transcript {
+        messages: t.messages(),
+        infos: t.turns.iter().map(|turn| &turn.info).collect(),
+        metadata: &t.metadata,
+        stop: t.stop,
+        error: t.error.as_ref().map(|e| e.message.as_str()),
+        outcome: t.outcome.as_ref(),
+    }
 }
 
 fn first_difference(a: &Trajectory, b: &Trajectory) -> String {
@@ -305,6 +314,33 @@ fn first_difference(a: &Trajectory, b: &Trajectory) -> String {
             return format!(
                 "message {i} differs: {:.120} vs {:.120}",
                 x.content, y.content
+            );
+        }
+    }
+    if ma.len() == mb.len() && a.stop == b.stop {
+        for (i, (x, y)) in a.turns.iter().zip(&b.turns).enumerate() {
+            if x.info != y.info {
+                return format!(
+                    "turn {i}'s info differs: {:.120} vs {:.120}",
+                    serde_json::Value::Object(x.info.clone()).to_string(),
+                    serde_json::Value::Object(y.info.clone()).to_string()
+                );
+            }
+        }
+        if a.metadata != b.metadata {
+            return "the reset's metadata differ".into();
+        }
+        if a.outcome != b.outcome {
+            return format!(
+                "the outcome differs: {:.120} vs {:.120}",
+                a.outcome
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                b.outcome
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
             );
         }
     }

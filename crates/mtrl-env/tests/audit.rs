@@ -77,3 +77,58 @@ async fn mtrl_configuration_fixes_the_leaks() {
         }
     }
 }
+
+/// Determinism is judged on everything a reward or an evaluator reads: an environment whose
+/// messages repeat but whose outcome does not is flagged.
+#[tokio::test]
+async fn determinism_covers_infos_and_outcomes_not_only_messages() {
+    use mtrl_core::{Message, Task, ToolCall, ToolSpec, agent_fn};
+    use mtrl_env::audit::Audit;
+    use mtrl_env::{ToolContext, ToolEnvironmentBuilder, ToolOutput, tool_fn};
+    use serde_json::json;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let echo = || {
+        tool_fn(
+            ToolSpec::new(
+                "echo",
+                "Echoes.",
+                json!({"type": "object", "properties": {}}),
+            )
+            .unwrap(),
+            |_, _: &mut ToolContext<'_, ()>| ToolOutput::text("ok"),
+        )
+    };
+    let agent = agent_fn(|ctx| {
+        Ok(if ctx.turn_index() == 0 {
+            Message::assistant_with_calls("", vec![ToolCall::new("c0", "echo", &json!({}))])
+        } else {
+            Message::assistant("done")
+        })
+    });
+    let tasks = [Task::new("t", json!({}), json!({})).unwrap()];
+    let audit = Audit::new("ledger").served(["echo".to_string()]);
+    // A ledger that leaks across episodes: every run reports a new number.
+    let runs = Arc::new(AtomicU64::new(0));
+    let leaky = ToolEnvironmentBuilder::new()
+        .tool(echo())
+        .outcome(move |_, ()| Ok(json!({"ledger": runs.fetch_add(1, Ordering::SeqCst)})))
+        .build()
+        .unwrap();
+    let report = audit.run(&leaky, &agent, &tasks).await;
+    let f = report
+        .findings
+        .iter()
+        .find(|f| f.check == Check::Determinism)
+        .expect("flagged");
+    assert!(f.evidence[0].contains("the outcome differs"), "{f:?}");
+    // The same tools with a fixed outcome pass.
+    let fixed = ToolEnvironmentBuilder::new()
+        .tool(echo())
+        .outcome(|_, ()| Ok(json!({"ledger": 0})))
+        .build()
+        .unwrap();
+    let report = audit.run(&fixed, &agent, &tasks).await;
+    assert!(!report.flagged(Check::Determinism), "{:?}", report.findings);
+}
