@@ -204,11 +204,14 @@ impl<E: Environment> Environment for Recorded<E> {
         let turn = self.turn;
         match self.inner.outcome().await {
             Ok(outcome) => {
-                self.recorder.write(&RecordEntry::Outcome {
-                    task_id,
-                    seed,
-                    outcome: outcome.clone(),
-                })?;
+                // An environment without outcomes leaves no line for them.
+                if outcome.is_some() {
+                    self.recorder.write(&RecordEntry::Outcome {
+                        task_id,
+                        seed,
+                        outcome: outcome.clone(),
+                    })?;
+                }
                 Ok(outcome)
             }
             Err(e) => {
