@@ -107,6 +107,17 @@ impl Recorder {
         }
     }
 
+    /// Records that the environment failed, then passes the failure on.
+    fn failed<T>(&self, task_id: String, seed: u64, turn: usize, e: Error) -> Result<T> {
+        self.write(&RecordEntry::Error {
+            task_id,
+            seed,
+            turn,
+            message: e.to_string(),
+        })?;
+        Err(e)
+    }
+
     fn write(&self, entry: &RecordEntry) -> Result<()> {
         let mut line = serde_json::to_vec(entry)?;
         line.push(b'\n');
@@ -158,15 +169,9 @@ impl<E: Environment> Environment for Recorded<E> {
                 })?;
                 Ok(reset)
             }
-            Err(e) => {
-                self.recorder.write(&RecordEntry::Error {
-                    task_id: task.id().to_string(),
-                    seed: episode.seed,
-                    turn: 0,
-                    message: e.to_string(),
-                })?;
-                Err(e)
-            }
+            Err(e) => self
+                .recorder
+                .failed(task.id().to_string(), episode.seed, 0, e),
         }
     }
 
@@ -187,15 +192,7 @@ impl<E: Environment> Environment for Recorded<E> {
                 })?;
                 Ok(step)
             }
-            Err(e) => {
-                self.recorder.write(&RecordEntry::Error {
-                    task_id,
-                    seed,
-                    turn,
-                    message: e.to_string(),
-                })?;
-                Err(e)
-            }
+            Err(e) => self.recorder.failed(task_id, seed, turn, e),
         }
     }
 
@@ -214,15 +211,7 @@ impl<E: Environment> Environment for Recorded<E> {
                 }
                 Ok(outcome)
             }
-            Err(e) => {
-                self.recorder.write(&RecordEntry::Error {
-                    task_id,
-                    seed,
-                    turn,
-                    message: e.to_string(),
-                })?;
-                Err(e)
-            }
+            Err(e) => self.recorder.failed(task_id, seed, turn, e),
         }
     }
 
