@@ -2,6 +2,9 @@
 //! `ToolCallValidity` reward and what the agent was shown all count them the same way; and a
 //! recording of the run replays to the same evaluation and rewards.
 
+mod common;
+
+use common::Buffer;
 use mtrl_core::{
     Action, Agent, Limits, Message, Reward, RolloutDriver, Task, ToolCall, ToolSpec, Trajectory,
     TurnContext, async_trait,
@@ -107,19 +110,6 @@ async fn every_consumer_counts_an_injected_fault_as_the_failure_the_agent_saw() 
     );
 }
 
-#[derive(Clone, Default)]
-struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buffer {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_replayed_run_evaluates_and_scores_as_the_live_one() {
     use mtrl_env::layers::{Recorder, Replayer};
@@ -135,7 +125,7 @@ async fn a_replayed_run_evaluates_and_scores_as_the_live_one() {
         .into_iter()
         .flatten()
         .collect();
-    let text = buf.0.lock().unwrap().clone();
+    let text = buf.bytes();
     let replayer = Replayer::from_jsonl(text.as_slice()).unwrap();
     let replayed: Vec<Trajectory> = driver
         .run_batch(&Caller, &replayer, &tasks, 1)

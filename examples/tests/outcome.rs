@@ -3,8 +3,10 @@
 //! `OutcomeMatch` reward sees the same, numeric tolerance is opt-in, and a recorded run
 //! replays to the same verdicts.
 
+mod common;
+
+use common::Buffer;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
 use mtrl_core::{
     Limits, Message, Reward, RolloutDriver, Task, ToolCall, ToolSpec, Trajectory, agent_fn,
@@ -189,26 +191,13 @@ async fn numeric_tolerance_is_opt_in_per_field() {
     assert_eq!(e.failure.unwrap().kind, "missing_outcome");
 }
 
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buffer {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_replayed_run_is_judged_as_the_live_one() {
     let evaluator = FinalOutputEvaluator::new();
     for liar in [false, true] {
         let buf = Buffer::default();
         let live = run(&shop().layer(Recorder::new(buf.clone())), liar).await;
-        let text = buf.0.lock().unwrap().clone();
+        let text = buf.bytes();
         let replayed = run(&Replayer::from_jsonl(text.as_slice()).unwrap(), liar).await;
         for ((l, r), task) in live.iter().zip(&replayed).zip(&tasks()) {
             assert_eq!(l.outcome, r.outcome);
