@@ -318,7 +318,6 @@ pub async fn run_forced(
         test.len()
     ));
     let audit = mtrl_env::audit::Audit::new(returns_desk::NAME)
-        .served(factory.served().map(str::to_string))
         .max_turns(limits.max_turns)
         .run(&factory, &expert, &train[..train.len().min(32)])
         .await;

@@ -53,7 +53,6 @@ async fn the_domain_passes_the_audit_and_demonstrations_are_exact() {
     let expert = Expert::new(tokenizer.clone(), template.clone());
     let tasks = returns_desk::tasks(24, 3);
     let report = mtrl_env::audit::Audit::new(returns_desk::NAME)
-        .served(factory.served().map(str::to_string))
         .run(&factory, &expert, &tasks)
         .await;
     assert!(report.findings.is_empty(), "{:?}", report.findings);

@@ -131,6 +131,15 @@ pub trait EnvironmentFactory: Sync {
     /// Whatever stops the environment from being built; the episode then ends with
     /// [`StopReason::EnvironmentError`](crate::StopReason::EnvironmentError).
     fn create(&self, task: &Task, episode: &Episode) -> Result<Self::Env>;
+
+    /// The names of every tool this factory's environments execute, advertised to the agent or
+    /// not, when the factory knows them. The environment audit compares them with the tools
+    /// each reset advertises, so that a tool shown to the agent but never served (or served but
+    /// never shown) is flagged. `None` (the default) when the factory cannot say; the audit then
+    /// skips that check.
+    fn served_tools(&self) -> Option<Vec<String>> {
+        None
+    }
 }
 
 impl<F, E> EnvironmentFactory for F

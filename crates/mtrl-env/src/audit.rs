@@ -20,7 +20,6 @@
 //! let envs = ToolEnvironmentBuilder::new().tool(roll).build().unwrap();
 //! let tasks = vec![Task::new("t", json!({}), json!({"answer": "4"}))?];
 //! let report = mtrl_env::audit::Audit::new("dice")
-//!     .served(envs.served().map(str::to_string))
 //!     .run(&envs, &Script, &tasks)
 //!     .await;
 //! assert!(report.flagged(mtrl_env::audit::Check::SeedDependence));
@@ -105,12 +104,14 @@ impl AuditReport {
     }
 }
 
-/// An audit to run: what to call it, the seeds, and the tools the environment serves.
+/// An audit to run: what to call it, the seeds, and the turn limit.
+///
+/// The tools the environment serves come from the factory
+/// ([`EnvironmentFactory::served_tools`]); a factory that cannot name them skips the schema check.
 #[derive(Debug, Clone)]
 pub struct Audit {
     name: String,
     seeds: (u64, u64),
-    served: Option<BTreeSet<String>>,
     max_turns: usize,
     evidence: usize,
 }
@@ -121,7 +122,6 @@ impl Audit {
         Self {
             name: name.into(),
             seeds: (1, 2),
-            served: None,
             max_turns: 64,
             evidence: 5,
         }
@@ -131,14 +131,6 @@ impl Audit {
     #[must_use]
     pub fn seeds(mut self, a: u64, b: u64) -> Self {
         self.seeds = (a, b);
-        self
-    }
-
-    /// The names of the tools the environment serves, for the schema check. Without it, the
-    /// check compares nothing.
-    #[must_use]
-    pub fn served(mut self, names: impl IntoIterator<Item = String>) -> Self {
-        self.served = Some(names.into_iter().collect());
         self
     }
 
@@ -224,8 +216,9 @@ impl Audit {
         if let Some(leak) = answer_leak(tasks, self.evidence) {
             findings.push(leak);
         }
-        if let Some(served) = &self.served {
-            let not_served: Vec<&String> = advertised.difference(served).collect();
+        if let Some(served) = factory.served_tools() {
+            let served: BTreeSet<String> = served.into_iter().collect();
+            let not_served: Vec<&String> = advertised.difference(&served).collect();
             let not_advertised: Vec<&String> = served.difference(&advertised).collect();
             if !not_served.is_empty() || !not_advertised.is_empty() {
                 let mut evidence = Vec::new();

@@ -276,9 +276,17 @@ impl<S: Send + 'static> ToolEnvironmentFactory<S> {
         &self.0.advertised
     }
 
-    /// The names of every served tool, advertised or not.
+    /// The names of every served tool, advertised or not. A binding tool counts only when its
+    /// binding is implemented: an unimplemented one answers every call with an error.
     pub fn served(&self) -> impl Iterator<Item = &str> {
-        self.0.entries.iter().map(|e| e.backend.spec().name())
+        self.0
+            .entries
+            .iter()
+            .filter(|e| match &e.backend {
+                Backend::Tool(_) => true,
+                Backend::Binding(b) => b.implemented(),
+            })
+            .map(|e| e.backend.spec().name())
     }
 }
 
@@ -287,6 +295,10 @@ impl<S: Send + 'static> EnvironmentFactory for ToolEnvironmentFactory<S> {
 
     fn create(&self, _task: &Task, _episode: &Episode) -> mtrl_core::Result<Self::Env> {
         Ok(self.environment())
+    }
+
+    fn served_tools(&self) -> Option<Vec<String>> {
+        Some(self.served().map(str::to_string).collect())
     }
 }
 

@@ -108,7 +108,7 @@ async fn determinism_covers_infos_and_outcomes_not_only_messages() {
         })
     });
     let tasks = [Task::new("t", json!({}), json!({})).unwrap()];
-    let audit = Audit::new("ledger").served(["echo".to_string()]);
+    let audit = Audit::new("ledger");
     // A ledger that leaks across episodes: every run reports a new number.
     let runs = Arc::new(AtomicU64::new(0));
     let leaky = ToolEnvironmentBuilder::new()
@@ -131,4 +131,63 @@ async fn determinism_covers_infos_and_outcomes_not_only_messages() {
         .unwrap();
     let report = audit.run(&fixed, &agent, &tasks).await;
     assert!(!report.flagged(Check::Determinism), "{:?}", report.findings);
+}
+
+/// The schema check takes the served tools from the environment itself: a tool served but never
+/// advertised is flagged, through any layer, with no list passed by hand; a factory that cannot
+/// name its tools skips the check.
+#[tokio::test]
+async fn the_schema_check_asks_the_environment_what_it_serves() {
+    use mtrl_core::{EnvironmentFactory, Message, Task, ToolSpec, agent_fn};
+    use mtrl_env::audit::Audit;
+    use mtrl_env::layers::{EnvironmentFactoryExt, Side, TruncateOutputs};
+    use mtrl_env::{ToolContext, ToolEnvironmentBuilder, ToolOutput, tool_fn};
+    use serde_json::json;
+
+    let tool = |name: &str| {
+        tool_fn(
+            ToolSpec::new(name, "A tool.", json!({"type": "object", "properties": {}})).unwrap(),
+            |_, _: &mut ToolContext<'_, ()>| ToolOutput::text("ok"),
+        )
+    };
+    let agent = agent_fn(|_| Ok(Message::assistant("done")));
+    let tasks = [Task::new("t", json!({}), json!({})).unwrap()];
+    let honest = ToolEnvironmentBuilder::new()
+        .tool(tool("getOrder"))
+        .build()
+        .unwrap();
+    let report = Audit::new("honest").run(&honest, &agent, &tasks).await;
+    assert!(
+        !report.flagged(Check::SchemaMismatch),
+        "{:?}",
+        report.findings
+    );
+
+    let backdoor = ToolEnvironmentBuilder::new()
+        .tool(tool("getOrder"))
+        .hidden_tool(tool("refundEverything"))
+        .build()
+        .unwrap()
+        .layer(TruncateOutputs::new(100, Side::Right));
+    assert_eq!(
+        backdoor.served_tools(),
+        Some(vec!["getOrder".to_string(), "refundEverything".to_string()])
+    );
+    let report = Audit::new("backdoor").run(&backdoor, &agent, &tasks).await;
+    let f = report
+        .findings
+        .iter()
+        .find(|f| f.check == Check::SchemaMismatch)
+        .expect("the hidden tool is flagged");
+    assert_eq!(f.evidence, ["served, not advertised: refundEverything"]);
+
+    // A plain closure factory cannot say what it serves: the check is skipped, not failed.
+    let closure = |task: &Task, episode: &mtrl_core::Episode| backdoor.create(task, episode);
+    assert_eq!(closure.served_tools(), None);
+    let report = Audit::new("closure").run(&closure, &agent, &tasks).await;
+    assert!(
+        !report.flagged(Check::SchemaMismatch),
+        "{:?}",
+        report.findings
+    );
 }

@@ -474,6 +474,13 @@ impl BindingTool {
         }
     }
 
+    /// Whether the binding implements this tool; an unimplemented one answers every call with
+    /// an error.
+    pub fn implemented(&self) -> bool {
+        self.position
+            .is_some_and(|i| self.bindings.tools[i].implemented)
+    }
+
     /// The parameter names of the bound tool, as shared strings.
     pub fn param_names(&self) -> Vec<Arc<str>> {
         self.position

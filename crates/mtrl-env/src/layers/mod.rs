@@ -64,6 +64,10 @@ where
     fn create(&self, task: &Task, episode: &Episode) -> mtrl_core::Result<Self::Env> {
         Ok(self.layer.layer(self.inner.create(task, episode)?))
     }
+
+    fn served_tools(&self) -> Option<Vec<String>> {
+        self.inner.served_tools()
+    }
 }
 
 /// Applies layers to every environment a factory makes.

@@ -255,15 +255,8 @@ pub async fn audit_domain(domain: &Domain, target: Target) -> Result<AuditReport
         });
     }
     let factory = domain.environment(mode)?;
-    let served = domain
-        .bindings()
-        .tools()
-        .iter()
-        .filter(|t| t.implemented())
-        .map(|t| t.name().to_string());
     let agent = CanonicalAgent::new(domain);
     let mut report = Audit::new(domain.name())
-        .served(served)
         .max_turns(domain.tools().len() + 2)
         .run(&factory, &agent, &tasks)
         .await;

@@ -659,6 +659,13 @@ impl mtrl_core::EnvironmentFactory for SopBenchFactory {
             SopBenchFactory::Parity(f) => SopBenchEnvironment::Parity(f.create(task, episode)?),
         })
     }
+
+    fn served_tools(&self) -> Option<Vec<String>> {
+        match self {
+            SopBenchFactory::Strict(f) => f.served_tools(),
+            SopBenchFactory::Parity(f) => f.served_tools(),
+        }
+    }
 }
 
 fn prompt_messages(sop: &str, outputs: &[String], task: &Task) -> Vec<Message> {

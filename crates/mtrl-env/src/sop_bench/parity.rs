@@ -51,6 +51,16 @@ impl EnvironmentFactory for ParityFactory {
     fn create(&self, _task: &Task, _episode: &Episode) -> mtrl_core::Result<Self::Env> {
         Ok(self.environment())
     }
+
+    fn served_tools(&self) -> Option<Vec<String>> {
+        Some(
+            self.served
+                .iter()
+                .filter(|t| t.implemented())
+                .map(|t| <BindingTool as crate::Tool>::spec(t).name().to_string())
+                .collect(),
+        )
+    }
 }
 
 /// A SOP-Bench environment in upstream parity mode.
