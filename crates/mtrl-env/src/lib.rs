@@ -6,7 +6,8 @@
 //!
 //! - [`ToolEnvironment`]: serves [`Tool`]s, validating arguments strictly against their JSON
 //!   Schemas and answering malformed calls with structured errors the model can recover from.
-//!   Tools are Rust types or closures ([`tool_fn`]), stateful tools on per-episode state built
+//!   Tools are Rust types, closures over a JSON map ([`tool_fn`]) or over typed arguments whose
+//!   schema is derived from the type ([`typed_tool`]), stateful tools on per-episode state built
 //!   from the seed and torn down however the episode ends, or recorded tools declared as data
 //!   ([`bindings`]).
 //! - [`EpisodeSources`]: the seeded random, clock and uuid sources tools must use.
@@ -30,9 +31,13 @@ pub mod sop_bench;
 pub mod sources;
 pub mod tool;
 pub mod tool_env;
+pub mod typed;
 
 pub use error::{Error, Result};
 pub use layers::{EnvironmentExt, Layer};
+/// The JSON Schema derive that [`typed_tool`] reads, re-exported so that its version is mtrl's.
+pub use schemars;
 pub use sources::EpisodeSources;
 pub use tool::{FnTool, Tool, ToolContext, ToolOutput, tool_fn};
 pub use tool_env::{ToolEnvironment, ToolEnvironmentBuilder, ToolEnvironmentFactory, Validation};
+pub use typed::{TypedTool, parameters_of, typed_tool};
