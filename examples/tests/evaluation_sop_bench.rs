@@ -6,12 +6,12 @@
 use std::collections::HashMap;
 
 use mtrl_core::{
-    Action, Agent, AnswerParser, Limits, Message, Reward, RolloutDriver, Task, Trajectory,
-    TurnContext, async_trait,
+    Action, Agent, AnswerParser, Limits, Message, RolloutDriver, Task, Trajectory, TurnContext,
+    async_trait, score_groups,
 };
 use mtrl_env::sop_bench::{CanonicalAgent, DOMAINS, Domain, InputPolicy, Mode, Source};
 use mtrl_eval::{FinalOutputEvaluator, Summary, evaluate_all};
-use mtrl_reward::{ExactMatch, GuardKind, Guards, Scored};
+use mtrl_reward::{ExactMatch, GuardKind, Guards};
 use serde_json::{Map, Value};
 
 /// How the oracle writes its answer.
@@ -176,31 +176,14 @@ async fn the_final_response_hack_on_real_tasks() {
 
     let lenient =
         ExactMatch::new().with_parser(AnswerParser::lenient().accept_tag("final_response"));
-    let mut values = Vec::new();
-    for (task, t) in tasks.iter().zip(&trajectories) {
-        values.push(lenient.score(task, t).await.unwrap());
-    }
+    // One group per task, scored once by the reward and the evaluator.
+    let groups: Vec<Vec<Trajectory>> = trajectories.iter().map(|t| vec![t.clone()]).collect();
+    let rows = score_groups(&tasks, &groups, &lenient, &evaluator).await;
     assert!(
-        values
-            .iter()
-            .all(|v| v.total == 1.0 && v.components["exact_match@strict"] == 0.0)
+        rows.iter()
+            .all(|r| { r.reward.total == 1.0 && r.reward.components["exact_match@strict"] == 0.0 })
     );
-    let batch: Vec<Scored<'_>> = tasks
-        .iter()
-        .zip(&trajectories)
-        .zip(&values)
-        .enumerate()
-        .map(|(g, ((task, t), v))| Scored {
-            task,
-            trajectory: t,
-            reward: v,
-            group: g,
-        })
-        .collect();
-    let warnings = Guards::default()
-        .check_batch(&batch, &evaluator)
-        .await
-        .unwrap();
+    let warnings = Guards::default().check_batch(&rows);
     let gap = warnings
         .iter()
         .find(|w| w.kind == GuardKind::RewardAboveEvaluation)

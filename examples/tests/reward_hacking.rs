@@ -3,16 +3,12 @@
 //! show it, and the alarm fires on the run's trend, while an aligned reward gives it nothing.
 
 use mtrl_core::{
-    AnswerParser, Episode, Evaluation, Evaluator, Message, Reward, RewardValue, StopReason, Task,
-    ToolCall, ToolResult, Trajectory, Turn,
+    AnswerParser, Episode, Evaluator, Message, Reward, Scored, StopReason, Task, ToolCall,
+    ToolResult, Trajectory, Turn, score_groups,
 };
-use mtrl_eval::monitor::{
-    AlarmKind, HackingAlarm, Report, ScoredRollout, StepMetrics, UsualToolUse, names,
-};
+use mtrl_eval::monitor::{AlarmKind, HackingAlarm, Report, StepMetrics, UsualToolUse, names};
 use mtrl_eval::{EvalRecord, FinalOutputEvaluator, Summary};
-use mtrl_reward::{
-    ExactMatch, FieldAccuracy, Format, GuardKind, Guards, RewardExt, Scored, WeightedSum,
-};
+use mtrl_reward::{ExactMatch, FieldAccuracy, Format, GuardKind, Guards, RewardExt, WeightedSum};
 use serde_json::json;
 
 fn tasks() -> Vec<Task> {
@@ -95,26 +91,17 @@ fn aligned_reward() -> impl Reward {
 }
 
 /// The step metrics of a batch of scored, judged episodes.
-fn step_metrics(
-    step: u64,
-    trajectories: &[(usize, &Task, Trajectory)],
-    values: &[RewardValue],
-    evaluations: &[Evaluation],
-) -> StepMetrics {
-    let rollouts: Vec<ScoredRollout<'_>> = trajectories
-        .iter()
-        .zip(values)
-        .zip(evaluations)
-        .map(|(((g, _, t), v), e)| ScoredRollout {
-            trajectory: t,
-            reward: v,
-            evaluation: Some(e),
-            group: *g,
-        })
-        .collect();
+fn step_metrics(step: u64, rows: &[Scored<'_>]) -> StepMetrics {
     let mut m = StepMetrics::new(step);
-    m.record_rollouts(&rollouts, &UsualToolUse::none());
+    m.record_rollouts(rows, &UsualToolUse::none());
     m
+}
+
+/// The records the evaluator's summary reads, from the scored rows.
+fn records(rows: &[Scored<'_>]) -> Vec<EvalRecord> {
+    rows.iter()
+        .map(|r| EvalRecord::new(r.task, r.trajectory, r.evaluation.clone().expect("judged")))
+        .collect()
 }
 
 #[tokio::test]
@@ -146,39 +133,26 @@ async fn the_final_response_hack_is_credited_by_the_lenient_reward_failed_by_the
     assert_eq!(aligned.score(&tasks[0], &hacked).await.unwrap().total, 0.0);
     assert_eq!(aligned.score(&tasks[0], &honest).await.unwrap().total, 1.0);
 
-    // A batch of groups, half hacked: the guard reports the gap for the lenient reward only.
-    let mut trajectories = Vec::new();
-    for (g, task) in tasks.iter().enumerate() {
-        for s in 0..4 {
-            trajectories.push((g, task, episode(task, s, s % 2 == 1, s != 2)));
-        }
-    }
-    let mut lenient_values = Vec::new();
-    let mut aligned_values = Vec::new();
-    for (_, task, t) in &trajectories {
-        lenient_values.push(lenient.score(task, t).await.unwrap());
-        aligned_values.push(aligned.score(task, t).await.unwrap());
-    }
-    fn batch<'a>(
-        trajectories: &'a [(usize, &'a Task, Trajectory)],
-        values: &'a [RewardValue],
-    ) -> Vec<Scored<'a>> {
-        trajectories
+    // A batch of groups, half hacked, scored once by each reward and the evaluator: the guard
+    // reports the gap for the lenient reward only.
+    let groups: Vec<Vec<Trajectory>> = tasks
+        .iter()
+        .map(|task| {
+            (0..4)
+                .map(|s| episode(task, s, s % 2 == 1, s != 2))
+                .collect()
+        })
+        .collect();
+    let lenient_rows = score_groups(&tasks, &groups, &lenient, &evaluator).await;
+    let aligned_rows = score_groups(&tasks, &groups, &aligned, &evaluator).await;
+    assert_eq!(lenient_rows.len(), 16);
+    assert!(
+        lenient_rows
             .iter()
-            .zip(values)
-            .map(|((g, task, t), v)| Scored {
-                task,
-                trajectory: t,
-                reward: v,
-                group: *g,
-            })
-            .collect()
-    }
+            .all(|r| r.usable() && r.evaluation.is_some())
+    );
     let guards = Guards::default();
-    let warnings = guards
-        .check_batch(&batch(&trajectories, &lenient_values), &evaluator)
-        .await
-        .unwrap();
+    let warnings = guards.check_batch(&lenient_rows);
     let gap = warnings
         .iter()
         .find(|w| w.kind == GuardKind::RewardAboveEvaluation)
@@ -186,10 +160,7 @@ async fn the_final_response_hack_is_credited_by_the_lenient_reward_failed_by_the
     assert_eq!((gap.count, gap.total), (8, 16), "{gap:#?}");
     assert_eq!(gap.breakdown["missing_tag"], 8);
     assert_eq!(gap.figures["max_gap"], 1.0);
-    let aligned_warnings = guards
-        .check_batch(&batch(&trajectories, &aligned_values), &evaluator)
-        .await
-        .unwrap();
+    let aligned_warnings = guards.check_batch(&aligned_rows);
     assert!(
         aligned_warnings
             .iter()
@@ -198,14 +169,7 @@ async fn the_final_response_hack_is_credited_by_the_lenient_reward_failed_by_the
     );
 
     // The evaluator's summary: half the episodes never completed.
-    let mut records = Vec::new();
-    let mut evaluations = Vec::new();
-    for (_, task, t) in &trajectories {
-        let e = evaluator.evaluate(task, t).await.unwrap();
-        records.push(EvalRecord::new(task, t, e.clone()));
-        evaluations.push(e);
-    }
-    let summary = Summary::from_records(&records);
+    let summary = Summary::from_records(&records(&lenient_rows));
     let dg = &summary.domains["dangerous_goods"];
     assert_eq!(dg.ecr(), 0.5);
     // One honest right answer per group of four (the other honest one has a wrong field).
@@ -214,7 +178,7 @@ async fn the_final_response_hack_is_credited_by_the_lenient_reward_failed_by_the
 
     // The step metrics show it: reward far above strict success, the format rate halved, and
     // the strict twin of each component lagging it.
-    let m = step_metrics(0, &trajectories, &lenient_values, &evaluations);
+    let m = step_metrics(0, &lenient_rows);
     assert_eq!(m.get(names::FORMAT_FRAC), Some(0.5));
     assert_eq!(m.get(names::ANSWER_NO_TOOL_FRAC), Some(0.5));
     // Per group: 0 (honest), +1 and +1 (hacked), 0.1 - 0.5 (honest, one field wrong).
@@ -240,39 +204,30 @@ async fn a_run_drifting_into_the_hack_raises_the_alarm() {
             (step - 19) as f64 / 20.0
         };
         let right_share = 0.4 + 0.01 * step.min(20) as f64;
-        let mut trajectories = Vec::new();
-        for (g, task) in tasks.iter().enumerate() {
-            for s in 0..8usize {
-                let u = (s as f64 + 0.5) / 8.0;
-                let v = ((g * 8 + s) as f64 * 0.618 + step as f64 * 0.31).fract();
-                trajectories.push((
-                    g,
-                    task,
-                    episode(
-                        task,
-                        s,
-                        u < hacked_share,
-                        v < right_share || u < hacked_share,
-                    ),
-                ));
-            }
-        }
-        let mut values = Vec::new();
-        let mut evaluations = Vec::new();
-        for (_, task, t) in &trajectories {
-            values.push(reward.score(task, t).await.unwrap());
-            evaluations.push(evaluator.evaluate(task, t).await.unwrap());
-        }
-        let mut m = step_metrics(step, &trajectories, &values, &evaluations);
+        let groups: Vec<Vec<Trajectory>> = tasks
+            .iter()
+            .enumerate()
+            .map(|(g, task)| {
+                (0..8usize)
+                    .map(|s| {
+                        let u = (s as f64 + 0.5) / 8.0;
+                        let v = ((g * 8 + s) as f64 * 0.618 + step as f64 * 0.31).fract();
+                        episode(
+                            task,
+                            s,
+                            u < hacked_share,
+                            v < right_share || u < hacked_share,
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let rows = score_groups(&tasks, &groups, &reward, &evaluator).await;
+        let mut m = step_metrics(step, &rows);
         if step % 4 == 3 {
             // Validation: the same policy judged by the strict evaluator.
-            let records: Vec<EvalRecord> = trajectories
-                .iter()
-                .zip(&evaluations)
-                .map(|((_, task, t), e)| EvalRecord::new(task, t, e.clone()))
-                .collect();
-            let rewards: Vec<f64> = values.iter().map(|v| v.total).collect();
-            m.record_validation(&records, Some(&rewards), None);
+            let rewards: Vec<f64> = rows.iter().map(|r| r.reward.total).collect();
+            m.record_validation(&records(&rows), Some(&rewards), None);
         }
         history.push(m);
     }

@@ -45,7 +45,7 @@ pub use evaluator::{FinalOutputEvaluator, OUTCOME_PREFIX};
 pub use sampled::{
     Bootstrap, Estimate, SampledMetrics, TaskOutcome, mean_at_k, pass_at_k, task_outcomes,
 };
-pub use summary::{EvalRecord, FieldAccuracy, Metrics, Summary, evaluate_all};
+pub use summary::{EvalRecord, FieldCount, Metrics, Summary, evaluate_all};
 
 /// Errors of mtrl-eval.
 #[derive(Debug, thiserror::Error)]

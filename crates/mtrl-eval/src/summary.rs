@@ -76,16 +76,17 @@ pub async fn evaluate_all<E: Evaluator + ?Sized>(
     Ok(out)
 }
 
-/// How often one output field was right.
+/// How often one output field was right, as counts (the reward that scores the share of fields
+/// right is `mtrl_reward::FieldAccuracy`).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-pub struct FieldAccuracy {
+pub struct FieldCount {
     /// Episodes where it was right.
     pub correct: usize,
     /// Episodes that expected it.
     pub total: usize,
 }
 
-impl FieldAccuracy {
+impl FieldCount {
     /// `correct / total` (0 when there were none).
     pub fn accuracy(&self) -> f64 {
         ratio(self.correct, self.total)
@@ -106,7 +107,7 @@ pub struct Metrics {
     /// Tool calls made, succeeded, failed and unreported.
     pub tools: ToolOutcomes,
     /// Per-field accuracy, by field (`domain/field` in an overall summary).
-    pub fields: BTreeMap<String, FieldAccuracy>,
+    pub fields: BTreeMap<String, FieldCount>,
     /// Episodes per failure kind.
     pub failures: BTreeMap<String, usize>,
 }

@@ -5,12 +5,12 @@ mod common;
 
 use common::{HACK_FROM, Run, STEPS, synthetic};
 use mtrl_core::{
-    Episode, EpisodeError, Evaluation, FieldResult, Message, Phase, RewardValue, StopReason,
-    ToolCall, ToolResult, Trajectory, Turn,
+    Episode, EpisodeError, Evaluation, FieldResult, Message, Phase, RewardValue, Scored,
+    StopReason, Task, ToolCall, ToolResult, Trajectory, Turn,
 };
 use mtrl_eval::monitor::{
-    AlarmConfig, AlarmKind, HackingAlarm, JsonlSink, MetricsSink, ScoredRollout, StepMetrics,
-    UsualToolUse, names, read_metrics,
+    AlarmConfig, AlarmKind, HackingAlarm, JsonlSink, MetricsSink, StepMetrics, UsualToolUse, names,
+    read_metrics,
 };
 use serde_json::json;
 
@@ -81,12 +81,11 @@ fn step_metrics_from_rollouts_are_the_hand_computed_ones() {
         evaluation(false, false, 0, 2),
         evaluation(false, true, 1, 2),
     ];
-    let rollouts: Vec<ScoredRollout<'_>> = (0..4)
-        .map(|i| ScoredRollout {
-            trajectory: &trajectories[i],
-            reward: &rewards[i],
-            evaluation: Some(&evaluations[i]),
-            group: i / 2,
+    let task = Task::new("t", json!({}), json!({})).unwrap();
+    let rollouts: Vec<Scored<'_>> = (0..4)
+        .map(|i| {
+            Scored::new(&task, &trajectories[i], i / 2, rewards[i].clone())
+                .with_evaluation(evaluations[i].clone())
         })
         .collect();
     let mut m = StepMetrics::new(7);
@@ -133,15 +132,9 @@ fn step_metrics_from_rollouts_are_the_hand_computed_ones() {
         message: "boom".into(),
         panicked: true,
     });
-    let zero = RewardValue::new(0.0);
     let mut m = StepMetrics::new(8);
     m.record_rollouts(
-        &[ScoredRollout {
-            trajectory: &crashed,
-            reward: &zero,
-            evaluation: None,
-            group: 0,
-        }],
+        &[Scored::new(&task, &crashed, 0, RewardValue::new(0.0))],
         &UsualToolUse::none(),
     );
     assert_eq!(m.get(names::FAILED_FRAC), Some(1.0));

@@ -3,31 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use mtrl_core::{Evaluator, RewardValue, Task, Trajectory};
+use mtrl_core::Scored;
 use serde::{Deserialize, Serialize};
-
-/// One scored episode of a batch.
-#[derive(Debug, Clone, Copy)]
-pub struct Scored<'a> {
-    /// Its task.
-    pub task: &'a Task,
-    /// The episode.
-    pub trajectory: &'a Trajectory,
-    /// Its reward.
-    pub reward: &'a RewardValue,
-    /// Its group (the episodes of one task sampled together).
-    pub group: usize,
-}
-
-impl Scored<'_> {
-    /// `task#sample`, to point at an episode in a warning.
-    pub fn label(&self) -> String {
-        format!(
-            "{}#{}",
-            self.trajectory.task_id, self.trajectory.episode.index
-        )
-    }
-}
 
 /// Which guard spoke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -105,19 +82,13 @@ impl Guards {
         &self.config
     }
 
-    /// Runs the range, evaluator and group-variance guards on a training batch.
-    ///
-    /// # Errors
-    /// The evaluator's error, if it fails on an episode.
-    pub async fn check_batch<E: Evaluator + ?Sized>(
-        &self,
-        batch: &[Scored<'_>],
-        evaluator: &E,
-    ) -> mtrl_core::Result<Vec<GuardWarning>> {
+    /// Runs the range, evaluator and group-variance guards on a scored training batch (see
+    /// [`mtrl_core::score_groups`]).
+    pub fn check_batch(&self, batch: &[Scored<'_>]) -> Vec<GuardWarning> {
         let mut out: Vec<GuardWarning> = self.range(batch).into_iter().collect();
-        out.extend(self.above_evaluation(batch, evaluator).await?);
+        out.extend(self.above_evaluation(batch));
         out.extend(self.zero_group_variance(batch));
-        Ok(out)
+        out
     }
 
     /// Rewards outside the configured range (non-finite ones included).
@@ -148,19 +119,14 @@ impl Guards {
 
     /// Episodes the reward scored more than `tolerance` above the strict evaluator's score, by
     /// the evaluator's failure kind: the signature of a reward that credits what the evaluation
-    /// does not.
-    ///
-    /// # Errors
-    /// The evaluator's error, if it fails on an episode.
-    pub async fn above_evaluation<E: Evaluator + ?Sized>(
-        &self,
-        batch: &[Scored<'_>],
-        evaluator: &E,
-    ) -> mtrl_core::Result<Option<GuardWarning>> {
+    /// does not. Only the rows that carry an evaluation are compared, and counted.
+    pub fn above_evaluation(&self, batch: &[Scored<'_>]) -> Option<GuardWarning> {
         let mut w = Flagged::default();
         let mut gaps = 0.0;
+        let mut judged = 0;
         for s in batch {
-            let e = evaluator.evaluate(s.task, s.trajectory).await?;
+            let Some(e) = &s.evaluation else { continue };
+            judged += 1;
             let gap = s.reward.total - e.score();
             if gap > self.config.tolerance {
                 let cause = match &e.failure {
@@ -176,14 +142,14 @@ impl Guards {
         if w.count > 0 {
             w.figures.insert("mean_gap".into(), gaps / w.count as f64);
         }
-        Ok(w.finish(
+        w.finish(
             GuardKind::RewardAboveEvaluation,
-            batch.len(),
+            judged,
             format!(
                 "episodes the reward scored more than {} above the strict evaluator",
                 self.config.tolerance
             ),
-        ))
+        )
     }
 
     /// Groups whose rewards are all equal, so every advantage is zero and they teach nothing.

@@ -52,7 +52,7 @@ mod guard;
 
 pub use blocks::{ExactMatch, FieldAccuracy, Format, OutcomeMatch, ToolCallValidity, TurnCost};
 pub use combine::{Clip, Gate, Prefixed, RewardExt, SharedReward, WeightedSum};
-pub use guard::{GuardConfig, GuardKind, GuardWarning, Guards, Scored};
+pub use guard::{GuardConfig, GuardKind, GuardWarning, Guards};
 
 /// Errors of mtrl-reward.
 #[derive(Debug, thiserror::Error)]

@@ -1,11 +1,11 @@
 //! Building blocks, combinators and guards on hand-written trajectories.
 
 use mtrl_core::{
-    AnswerParser, Episode, Evaluation, Evaluator, Failure, Message, Reward, RewardValue,
+    AnswerParser, Episode, Evaluation, Evaluator, Failure, Message, Reward, RewardValue, Scored,
     StopReason, Task, ToolCall, ToolResult, Trajectory, Turn, async_trait,
 };
 use mtrl_reward::{
-    Clip, ExactMatch, FieldAccuracy, Format, GuardConfig, GuardKind, Guards, RewardExt, Scored,
+    Clip, ExactMatch, FieldAccuracy, Format, GuardConfig, GuardKind, Guards, RewardExt,
     ToolCallValidity, TurnCost, WeightedSum,
 };
 use serde_json::json;
@@ -269,15 +269,13 @@ async fn guards_count_what_they_flag_and_change_nothing() {
         })
         .collect();
     let totals = [1.0, 1.0, 1.3, f64::NAN, 1.0, 1.0];
-    let rewards: Vec<RewardValue> = totals.iter().map(|v| RewardValue::new(*v)).collect();
-    let batch: Vec<Scored<'_>> = (0..6)
-        .map(|i| Scored {
-            task: &task,
-            trajectory: &trajectories[i],
-            reward: &rewards[i],
-            group: i / 3,
-        })
-        .collect();
+    let mut batch: Vec<Scored<'_>> = Vec::new();
+    for (i, t) in trajectories.iter().enumerate() {
+        let evaluation = StrictFields.evaluate(&task, t).await.unwrap();
+        batch.push(
+            Scored::new(&task, t, i / 3, RewardValue::new(totals[i])).with_evaluation(evaluation),
+        );
+    }
     let guards = Guards::default();
 
     let range = guards.range(&batch).unwrap();
@@ -289,11 +287,7 @@ async fn guards_count_what_they_flag_and_change_nothing() {
     assert_eq!(range.breakdown["nan"], 1);
     assert_eq!(range.figures["max"], 1.3);
 
-    let gap = guards
-        .above_evaluation(&batch, &StrictFields)
-        .await
-        .unwrap()
-        .unwrap();
+    let gap = guards.above_evaluation(&batch).unwrap();
     // The two hacked answers (reward 1.0 and 1.3, strict score 0).
     assert_eq!((gap.count, gap.total), (2, 6));
     assert_eq!(gap.breakdown["missing_tag"], 2);
@@ -310,12 +304,7 @@ async fn guards_count_what_they_flag_and_change_nothing() {
         RewardValue::new(1.0),
     ];
     let flat_batch: Vec<Scored<'_>> = (0..4)
-        .map(|i| Scored {
-            task: &task,
-            trajectory: &trajectories[i],
-            reward: &flat[i],
-            group: i / 2,
-        })
+        .map(|i| Scored::new(&task, &trajectories[i], i / 2, flat[i].clone()))
         .collect();
     let zero = guards.zero_group_variance(&flat_batch).unwrap();
     assert_eq!((zero.count, zero.total), (2, 2));
@@ -328,34 +317,29 @@ async fn guards_count_what_they_flag_and_change_nothing() {
     assert_eq!(baseline.figures["std"], 0.5);
     let varied = [RewardValue::new(0.0), RewardValue::new(1.0)];
     let varied_batch: Vec<Scored<'_>> = (0..2)
-        .map(|i| Scored {
-            task: &task,
-            trajectory: &trajectories[i],
-            reward: &varied[i],
-            group: 0,
-        })
+        .map(|i| Scored::new(&task, &trajectories[i], 0, varied[i].clone()))
         .collect();
     assert!(guards.baseline_variance(&varied_batch).is_none());
 
-    let all = guards.check_batch(&batch, &StrictFields).await.unwrap();
+    let all = guards.check_batch(&batch);
     let kinds: Vec<GuardKind> = all.iter().map(|w| w.kind).collect();
     assert_eq!(
         kinds,
         [GuardKind::OutOfRange, GuardKind::RewardAboveEvaluation]
     );
     // Guards never touch the values.
-    assert_eq!(rewards[2].total, 1.3);
+    assert_eq!(batch[2].reward.total, 1.3);
+    // Rows without an evaluation are not compared, nor counted.
+    let unjudged: Vec<Scored<'_>> = batch
+        .iter()
+        .map(|r| Scored::new(r.task, r.trajectory, r.group, r.reward.clone()))
+        .collect();
+    assert!(guards.above_evaluation(&unjudged).is_none());
 
     // A looser tolerance lets a small format bonus through.
     let loose = Guards::new(GuardConfig {
         tolerance: 2.0,
         ..GuardConfig::default()
     });
-    assert!(
-        loose
-            .above_evaluation(&batch, &StrictFields)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(loose.above_evaluation(&batch).is_none());
 }

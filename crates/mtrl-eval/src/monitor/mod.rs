@@ -10,4 +10,4 @@ mod step;
 pub use alarm::{Alarm, AlarmConfig, AlarmKind, HackingAlarm};
 pub use report::{Report, ReportFiles};
 pub use sink::{JsonlSink, MetricsLog, MetricsSink, Resumption, read_metrics, read_metrics_log};
-pub use step::{ScoredRollout, StepMetrics, UsualToolUse, names};
+pub use step::{StepMetrics, UsualToolUse, names};

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use mtrl_core::{Evaluation, RewardValue, StopReason, Trajectory};
+use mtrl_core::{Evaluation, Scored, StopReason, Trajectory};
 use serde::{Deserialize, Serialize};
 
 use crate::sampled::SampledMetrics;
@@ -130,20 +130,6 @@ pub struct StepMetrics {
     pub values: BTreeMap<String, f64>,
 }
 
-/// A training rollout as the monitor sees it: the trajectory, its reward, and the strict
-/// evaluator's verdict when the trainer judged it.
-#[derive(Debug, Clone, Copy)]
-pub struct ScoredRollout<'a> {
-    /// The episode.
-    pub trajectory: &'a Trajectory,
-    /// Its reward.
-    pub reward: &'a RewardValue,
-    /// Its strict evaluation, if any.
-    pub evaluation: Option<&'a Evaluation>,
-    /// Its group (the episodes of one task sampled together).
-    pub group: usize,
-}
-
 impl StepMetrics {
     /// An empty record for `step`.
     pub fn new(step: u64) -> Self {
@@ -169,12 +155,12 @@ impl StepMetrics {
     /// Records the step's training rollouts: rewards and components, turns, stops, tool use,
     /// early answers, zero-advantage groups, and (where evaluations are given) the answer-format
     /// rate, strict TSR and the reward-evaluation gap.
-    pub fn record_rollouts(&mut self, rollouts: &[ScoredRollout<'_>], usual: &UsualToolUse) {
+    pub fn record_rollouts(&mut self, rollouts: &[Scored<'_>], usual: &UsualToolUse) {
         if rollouts.is_empty() {
             return;
         }
         let n = rollouts.len() as f64;
-        let frac = |pred: &dyn Fn(&ScoredRollout<'_>) -> bool| {
+        let frac = |pred: &dyn Fn(&Scored<'_>) -> bool| {
             rollouts.iter().filter(|r| pred(r)).count() as f64 / n
         };
         let rewards: Vec<f64> = rollouts.iter().map(|r| r.reward.total).collect();
@@ -228,7 +214,7 @@ impl StepMetrics {
         if let Some(acc) = tools.accuracy() {
             self.set(names::TOOL_ERROR_FRAC, 1.0 - acc);
         }
-        let answered_with = |pred: &dyn Fn(&ScoredRollout<'_>, usize) -> bool| {
+        let answered_with = |pred: &dyn Fn(&Scored<'_>, usize) -> bool| {
             rollouts
                 .iter()
                 .zip(&outcomes)
@@ -252,9 +238,9 @@ impl StepMetrics {
             .count();
         self.set(names::ZERO_ADV_GROUPS, flat as f64 / groups.len() as f64);
 
-        let judged: Vec<(&ScoredRollout<'_>, &Evaluation)> = rollouts
+        let judged: Vec<(&Scored<'_>, &Evaluation)> = rollouts
             .iter()
-            .filter_map(|r| r.evaluation.map(|e| (r, e)))
+            .filter_map(|r| r.evaluation.as_ref().map(|e| (r, e)))
             .collect();
         if !judged.is_empty() {
             let m = judged.len() as f64;

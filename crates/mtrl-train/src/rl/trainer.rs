@@ -9,8 +9,10 @@ use std::time::Instant;
 
 use candle_core::{Tensor, Var};
 use mtrl_core::rollout::{Limits, RolloutDriver, SplitMix64, derive_seed};
-use mtrl_core::{Agent, EnvironmentFactory, Evaluator, Reward, RewardValue, Task, Trajectory};
-use mtrl_eval::monitor::{MetricsSink, ScoredRollout, StepMetrics, UsualToolUse, names};
+use mtrl_core::{
+    Agent, EnvironmentFactory, Evaluator, Reward, Scored, Task, Trajectory, score_groups,
+};
+use mtrl_eval::monitor::{MetricsSink, StepMetrics, UsualToolUse, names};
 use mtrl_eval::{EvalRecord, Summary};
 use serde::{Deserialize, Serialize};
 
@@ -465,51 +467,19 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
         let rollout_s = t0.elapsed().as_secs_f64();
 
         let t1 = Instant::now();
-        let mut rewards: Vec<Vec<RewardValue>> = Vec::with_capacity(groups.len());
-        let mut evals = Vec::with_capacity(groups.len());
-        let mut usable = Vec::with_capacity(groups.len());
-        for (task, group) in tasks.iter().zip(&groups) {
-            let mut ok = true;
-            let mut rs = Vec::with_capacity(group.len());
-            let mut es = Vec::with_capacity(group.len());
-            for t in group {
-                ok &= !t.stop.is_failure() && t.error.is_none();
-                match self.reward.score(task, t).await {
-                    Ok(r) if r.total.is_finite() => rs.push(r),
-                    _ => {
-                        ok = false;
-                        rs.push(RewardValue::new(0.0));
-                    }
-                }
-                es.push(self.evaluator.evaluate(task, t).await.ok());
-            }
-            rewards.push(rs);
-            evals.push(es);
-            usable.push(ok);
-        }
+        let scored = score_groups(&tasks, &groups, &self.reward, &self.evaluator).await;
         let reward_s = t1.elapsed().as_secs_f64();
-
-        let scored: Vec<ScoredRollout<'_>> = groups
-            .iter()
-            .enumerate()
-            .flat_map(|(g, group)| group.iter().enumerate().map(move |(i, t)| (g, i, t)))
-            .map(|(g, i, t)| ScoredRollout {
-                trajectory: t,
-                reward: &rewards[g][i],
-                evaluation: evals[g][i].as_ref(),
-                group: g,
-            })
-            .collect();
         metrics.record_rollouts(&scored, &UsualToolUse::none());
 
         let mut samples = Vec::new();
         let (mut dropped, mut flat) = (0usize, 0usize);
         for (g, group) in groups.iter().enumerate() {
-            if !usable[g] {
+            let rows = scored.iter().filter(|r| r.group == g);
+            if !rows.clone().all(Scored::usable) {
                 dropped += 1;
                 continue;
             }
-            let totals: Vec<f64> = rewards[g].iter().map(|r| r.total).collect();
+            let totals: Vec<f64> = rows.map(|r| r.reward.total).collect();
             if !has_variance(&totals) {
                 flat += 1;
                 continue;
