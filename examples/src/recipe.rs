@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use mtrl_core::rollout::Limits;
-use mtrl_core::{Task, Trajectory};
+use mtrl_core::{Task, Trajectory, TurnLength};
 use mtrl_env::sop_bench::{Domain, InputPolicy, Mode, Source, Splits};
 use mtrl_eval::monitor::{AlarmConfig, HackingAlarm, JsonlSink, Report};
 use mtrl_eval::{Bootstrap, EvalRecord, FinalOutputEvaluator};
@@ -116,6 +116,10 @@ pub struct RolloutSpec {
     pub max_turns: usize,
     /// Sampled tokens per turn.
     pub max_tokens_per_turn: usize,
+    /// What a turn cut at `max_tokens_per_turn` does: `end_episode` (the default; the episode
+    /// stops as `turn_token_limit`) or `end_turn` (the cut action goes to the environment and
+    /// the episode goes on).
+    pub turn_length: TurnLength,
     /// Sampling temperature of training rollouts (evaluation is greedy).
     pub temperature: f32,
 }
@@ -125,6 +129,7 @@ impl Default for RolloutSpec {
         Self {
             max_turns: 8,
             max_tokens_per_turn: 256,
+            turn_length: TurnLength::EndEpisode,
             temperature: 1.0,
         }
     }
@@ -423,6 +428,7 @@ fn assemble(
     let limits = Limits {
         max_turns: recipe.rollout.max_turns,
         max_tokens_per_turn: Some(recipe.rollout.max_tokens_per_turn),
+        turn_length: recipe.rollout.turn_length,
         ..Limits::default()
     };
     let trainer = Trainer::builder(model, agent, factory)

@@ -18,7 +18,9 @@
 //! | [`Reward`], [`Evaluator`] | [`reward`], [`evaluator`] |
 //! | the answer format ([`AnswerParser`], [`values_match`]) | [`answer`] |
 //! | [`RolloutDriver`], [`Limits`] | [`rollout`] |
+//! | a batch scored once by a reward and the evaluator ([`Scored`], [`score_groups`]) | [`scored`] |
 //! | JSON Lines | [`jsonl`] |
+//! | running a future from plain code ([`runtime::block_on`], [`tokio`]) | [`runtime`] |
 //!
 //! ## A custom environment and agent
 //!
@@ -116,6 +118,8 @@ pub mod jsonl;
 pub mod message;
 pub mod reward;
 pub mod rollout;
+pub mod runtime;
+pub mod scored;
 pub mod task;
 pub mod tool;
 pub mod trajectory;
@@ -130,7 +134,10 @@ pub use evaluator::{Evaluation, Evaluator, Failure, FieldResult};
 pub use jsonl::{from_jsonl_str, read_jsonl, read_jsonl_lines, to_jsonl_string, write_jsonl};
 pub use message::{Message, Role, ToolCall};
 pub use reward::{Reward, RewardValue};
-pub use rollout::{AbortSignal, Limits, RolloutDriver, SplitMix64, derive_seed, stop_counts};
+pub use rollout::{
+    AbortSignal, Limits, RolloutDriver, SplitMix64, TurnLength, derive_seed, stop_counts,
+};
+pub use scored::{Scored, score_groups};
 pub use task::{Task, TaskView};
 pub use tool::ToolSpec;
 pub use trajectory::{
@@ -140,3 +147,6 @@ pub use trajectory::{
 
 /// Re-exported so that implementations need no direct dependency on `async-trait`.
 pub use async_trait::async_trait;
+/// The runtime everything runs on, re-exported so that a caller needs no direct dependency on
+/// tokio and gets the same version (see [`runtime`]).
+pub use tokio;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt, stream};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -26,8 +27,13 @@ pub struct Limits {
     pub max_turns: usize,
     /// The most tokens one turn may use.
     pub max_tokens_per_turn: Option<usize>,
-    /// The most tokens all the turns of an episode may use together.
+    /// The most tokens all the turns of an episode may use together; the episode stops with
+    /// [`StopReason::TokenBudgetExhausted`] when they are used up.
     pub max_tokens_per_trajectory: Option<usize>,
+    /// What a turn whose generation was cut at its token limit (the agent's own `max_tokens`, or
+    /// `max_tokens_per_turn`) does to the episode. By default it ends the episode with
+    /// [`StopReason::TurnTokenLimit`].
+    pub turn_length: TurnLength,
     /// The wall-clock limit of an episode (create, reset, turns); close has its own.
     pub timeout: Option<Duration>,
     /// The wall-clock limit of closing the environment, which happens even after a timeout.
@@ -40,10 +46,29 @@ impl Default for Limits {
             max_turns: 16,
             max_tokens_per_turn: None,
             max_tokens_per_trajectory: None,
+            turn_length: TurnLength::EndEpisode,
             timeout: None,
             close_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// What a turn cut at its token limit ([`Finish::Length`]) does, when the episode's own token
+/// budget is not what cut it (that always ends the episode, as
+/// [`StopReason::TokenBudgetExhausted`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnLength {
+    /// The episode ends with [`StopReason::TurnTokenLimit`], and the cut-off action is not sent
+    /// to the environment: half a tool call is not acted on. The usual choice for RL, where the
+    /// truncated episode is then scored as such.
+    #[default]
+    EndEpisode,
+    /// Only the turn ends: the cut-off action goes to the environment like any other (a tool
+    /// call it cannot parse gets the environment's error, text without a call is an answer), and
+    /// the episode goes on by its rules. The turn keeps [`Finish::Length`], so that masks and
+    /// metrics still see the cut.
+    EndTurn,
 }
 
 /// Cancels the episodes of a driver from outside. Clones share one signal.
@@ -314,11 +339,19 @@ impl RolloutDriver {
                 agent_us,
                 env_us: 0,
             };
+            // Whose limit cut the turn: the episode's budget, when what is left of it was the
+            // binding one; the turn's otherwise.
+            let episode_bound = remaining.is_some() && turn_tokens == remaining;
+            let cut_by = if episode_bound {
+                StopReason::TokenBudgetExhausted
+            } else {
+                StopReason::TurnTokenLimit
+            };
             if let (Some(u), Some(b)) = (turn.tokens_used, turn_tokens) {
                 if u > b {
                     trajectory.turns.push(turn);
                     return Err(Ended {
-                        reason: StopReason::TokenBudgetExhausted,
+                        reason: cut_by,
                         error: Some(EpisodeError {
                             phase: Phase::Act,
                             message: format!(
@@ -331,10 +364,13 @@ impl RolloutDriver {
             }
             match turn.finish {
                 Finish::Stop => {}
-                Finish::Length => {
+                Finish::Length
+                    if episode_bound || self.limits.turn_length == TurnLength::EndEpisode =>
+                {
                     trajectory.turns.push(turn);
-                    return Err(Ended::plain(StopReason::TokenBudgetExhausted));
+                    return Err(Ended::plain(cut_by));
                 }
+                Finish::Length => {}
                 Finish::ContextOverflow => {
                     trajectory.turns.push(turn);
                     return Err(Ended::plain(StopReason::ContextOverflow));

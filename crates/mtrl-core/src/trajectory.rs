@@ -17,8 +17,12 @@ pub enum StopReason {
     Answered,
     /// The turn limit was reached before the episode was done.
     MaxTurns,
-    /// A token budget (of the turn or of the trajectory) ran out.
+    /// The episode's token budget ([`Limits::max_tokens_per_trajectory`](crate::Limits)) ran out.
     TokenBudgetExhausted,
+    /// A turn's generation was cut at its own token limit (the agent's `max_tokens`, or
+    /// [`Limits::max_tokens_per_turn`](crate::Limits)), and the limits say that ends the episode
+    /// ([`TurnLength::EndEpisode`](crate::TurnLength)).
+    TurnTokenLimit,
     /// The conversation no longer fits the agent's context window.
     ContextOverflow,
     /// The environment failed (an error or a panic while creating, resetting or stepping it).
@@ -33,10 +37,11 @@ pub enum StopReason {
 
 impl StopReason {
     /// Every variant, in declaration order.
-    pub const ALL: [StopReason; 8] = [
+    pub const ALL: [StopReason; 9] = [
         StopReason::Answered,
         StopReason::MaxTurns,
         StopReason::TokenBudgetExhausted,
+        StopReason::TurnTokenLimit,
         StopReason::ContextOverflow,
         StopReason::EnvironmentError,
         StopReason::AgentError,
@@ -50,6 +55,7 @@ impl StopReason {
             StopReason::Answered => "answered",
             StopReason::MaxTurns => "max_turns",
             StopReason::TokenBudgetExhausted => "token_budget_exhausted",
+            StopReason::TurnTokenLimit => "turn_token_limit",
             StopReason::ContextOverflow => "context_overflow",
             StopReason::EnvironmentError => "environment_error",
             StopReason::AgentError => "agent_error",
@@ -63,7 +69,9 @@ impl StopReason {
     pub fn is_truncation(self) -> bool {
         matches!(
             self,
-            StopReason::TokenBudgetExhausted | StopReason::ContextOverflow
+            StopReason::TokenBudgetExhausted
+                | StopReason::TurnTokenLimit
+                | StopReason::ContextOverflow
         )
     }
 

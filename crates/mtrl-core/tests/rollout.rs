@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{Faults, Move, Probe, ScriptedAgent, TestEnv, answer, call, task};
 use mtrl_core::{
     Action, Finish, Limits, Message, Phase, Role, RolloutDriver, StopReason, TokenRecord,
-    Trajectory,
+    Trajectory, TurnLength,
 };
 
 fn driver(limits: Limits) -> RolloutDriver {
@@ -89,7 +89,7 @@ async fn token_budget_exhausted_when_the_trajectory_budget_is_spent() {
 }
 
 #[tokio::test]
-async fn token_budget_exhausted_when_a_turn_is_cut_by_length() {
+async fn a_turn_cut_at_its_own_limit_ends_the_episode_as_turn_token_limit() {
     let cut = Action::new(Message::assistant("<tool_call>{\"na"))
         .with_tokens_used(10)
         .with_finish(Finish::Length);
@@ -100,12 +100,87 @@ async fn token_budget_exhausted_when_a_turn_is_cut_by_length() {
         ..Limits::default()
     };
     let (t, _) = run(limits, Faults::default(), &agent).await;
-    assert_eq!(t.stop, StopReason::TokenBudgetExhausted);
+    assert_eq!(t.stop, StopReason::TurnTokenLimit);
+    assert_eq!(t.stop.as_str(), "turn_token_limit");
+    assert!(t.stop.is_truncation() && !t.stop.is_failure());
     assert_eq!(t.turns.len(), 2);
     let last = &t.turns[1];
     assert_eq!(last.finish, Finish::Length);
     assert!(last.observations.is_empty(), "a cut turn is not stepped");
     assert_eq!(last.token_budget, Some(10), "the per-turn cap was binding");
+}
+
+/// The agent's own cap (a sampler's `max_tokens`) with no limits set at all: the stop names the
+/// turn's limit, not a trajectory budget that does not exist.
+#[tokio::test]
+async fn a_cut_with_no_limits_set_is_the_turn_limit_not_a_budget() {
+    let cut = Action::new(Message::assistant("half an ans"))
+        .with_tokens_used(512)
+        .with_finish(Finish::Length);
+    let agent = ScriptedAgent::new(vec![Move::Act(cut)]);
+    let (t, _) = run(Limits::default(), Faults::default(), &agent).await;
+    assert_eq!(t.stop, StopReason::TurnTokenLimit);
+    assert!(t.error.is_none());
+}
+
+/// With `TurnLength::EndTurn`, a cut turn is stepped like any other and the episode goes on.
+#[tokio::test]
+async fn end_turn_sends_the_cut_action_to_the_environment_and_goes_on() {
+    let cut = Action::new(Message::assistant("<tool_call>{\"na"))
+        .with_tokens_used(10)
+        .with_finish(Finish::Length);
+    let agent = ScriptedAgent::new(vec![Move::Act(cut.clone()), call("a"), answer("done")]);
+    let limits = Limits {
+        max_tokens_per_turn: Some(10),
+        turn_length: TurnLength::EndTurn,
+        ..Limits::default()
+    };
+    let (t, _) = run(limits.clone(), Faults::default(), &agent).await;
+    // The test environment ends the episode on a message without tool calls: the cut text is
+    // its answer. What matters is that the environment saw it.
+    assert_eq!(t.stop, StopReason::Answered);
+    assert_eq!(t.turns.len(), 1);
+    assert_eq!(t.turns[0].finish, Finish::Length, "the turn keeps its cut");
+    assert_eq!(t.final_action().unwrap().content, "<tool_call>{\"na");
+
+    // A cut tool call (complete enough to parse) is answered, and the episode continues.
+    let cut_call = match call("a") {
+        Move::Act(a) => Move::Act(a.with_finish(Finish::Length)),
+        other => other,
+    };
+    let agent = ScriptedAgent::new(vec![cut_call, answer("done")]);
+    let (t, _) = run(limits, Faults::default(), &agent).await;
+    assert_eq!(t.stop, StopReason::Answered);
+    assert_eq!(t.turns.len(), 2);
+    assert_eq!(t.turns[0].finish, Finish::Length);
+    assert!(
+        !t.turns[0].observations.is_empty(),
+        "the cut turn was stepped"
+    );
+}
+
+/// When what is left of the episode's budget is what cut the turn, the episode ends as
+/// `token_budget_exhausted`, whatever the turn policy.
+#[tokio::test]
+async fn a_cut_by_the_episode_budget_is_token_budget_exhausted_even_with_end_turn() {
+    let cut = Action::new(Message::assistant("<tool_call>{\"na"))
+        .with_tokens_used(5)
+        .with_finish(Finish::Length);
+    let agent = ScriptedAgent::new(vec![call("a"), Move::Act(cut)]);
+    let limits = Limits {
+        max_tokens_per_turn: Some(12),
+        max_tokens_per_trajectory: Some(15),
+        turn_length: TurnLength::EndTurn,
+        ..Limits::default()
+    };
+    let (t, _) = run(limits, Faults::default(), &agent).await;
+    assert_eq!(t.stop, StopReason::TokenBudgetExhausted);
+    assert_eq!(
+        t.turns[1].token_budget,
+        Some(5),
+        "the episode's rest was binding"
+    );
+    assert!(t.turns[1].observations.is_empty());
 }
 
 #[tokio::test]
@@ -117,7 +192,7 @@ async fn an_agent_that_overruns_its_budget_is_stopped_and_explained() {
         ..Limits::default()
     };
     let (t, _) = run(limits, Faults::default(), &agent).await;
-    assert_eq!(t.stop, StopReason::TokenBudgetExhausted);
+    assert_eq!(t.stop, StopReason::TurnTokenLimit);
     assert_eq!(t.turns.len(), 1);
     let err = t.error.unwrap();
     assert_eq!(err.phase, Phase::Act);
