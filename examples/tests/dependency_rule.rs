@@ -113,3 +113,73 @@ fn the_rule_itself_rejects_the_forbidden_edges() {
     }
     assert!(!allowed("mtrl-train").unwrap().contains(&"mtrl-examples"));
 }
+
+/// The crates `package` pulls in (normal dependencies, the package itself included) with the
+/// given feature flags.
+fn tree(package: &str, flags: &[&str]) -> BTreeSet<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "tree",
+            "-p",
+            package,
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--offline",
+        ])
+        .args(["--format", "{p}"])
+        .args(flags)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A user who wants the contracts and layers alone turns the default features off, and the heavy
+/// parts go: SOP-Bench's hub client and TLS stack from mtrl-env, the report's plotting and font
+/// crates from mtrl-eval.
+#[test]
+fn the_minimal_feature_set_leaves_the_heavy_parts_out() {
+    let heavy_env = ["hf-hub", "ureq", "rustls", "ring", "sha2"];
+    let heavy_eval = ["plotters", "dejavu", "image", "ab_glyph"];
+    let full_env = tree("mtrl-env", &[]);
+    let full_eval = tree("mtrl-eval", &[]);
+    assert!(
+        heavy_env.iter().all(|c| full_env.contains(*c)),
+        "{full_env:?}"
+    );
+    assert!(full_eval.contains("plotters") && full_eval.contains("dejavu"));
+    let min_env = tree("mtrl-env", &["--no-default-features"]);
+    let min_eval = tree("mtrl-eval", &["--no-default-features"]);
+    for c in heavy_env {
+        assert!(
+            !min_env.contains(c),
+            "mtrl-env without features still pulls {c}"
+        );
+    }
+    for c in heavy_eval {
+        assert!(
+            !min_eval.contains(c),
+            "mtrl-eval without features still pulls {c}"
+        );
+    }
+    assert!(min_env.contains("mtrl-core") && min_eval.contains("mtrl-core"));
+    eprintln!(
+        "mtrl-env: {} crates, {} without default features; mtrl-eval: {} crates, {} without",
+        full_env.len(),
+        min_env.len(),
+        full_eval.len(),
+        min_eval.len()
+    );
+}

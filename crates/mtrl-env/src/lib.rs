@@ -14,12 +14,15 @@
 //! - [`layers`]: a per-step time limit, seeded fault injection, a recorder and replayer, and
 //!   tool-output truncation, composed with [`EnvironmentExt::layer`] or
 //!   [`layers::EnvironmentFactoryExt::layer`].
-//! - [`sop_bench`]: all 14 SOP-Bench domains, from a directory or the hub, with licence flags,
+//! - `sop_bench` (feature `sop-bench`, on by default): all 14 SOP-Bench domains, from a directory or the hub, with licence flags,
 //!   diagnostics, tasks, splits, and strict and upstream-parity environments.
 //! - [`audit`]: determinism, seed-dependence, answer leaks, schema fidelity and tool coverage,
 //!   for any environment.
 //! - `remote` (feature `remote`): any environment served over HTTP, and a client that is an
 //!   environment, so that environments can live in another process or on another machine.
+//!
+//! With `default-features = false`, mtrl-env is the tool environment, the layers, the bindings
+//! and the audit alone: no hub client, no TLS stack.
 
 pub mod audit;
 pub mod bindings;
@@ -27,6 +30,7 @@ pub mod error;
 pub mod layers;
 #[cfg(feature = "remote")]
 pub mod remote;
+#[cfg(feature = "sop-bench")]
 pub mod sop_bench;
 pub mod sources;
 pub mod tool;

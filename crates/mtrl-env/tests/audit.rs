@@ -1,15 +1,19 @@
 //! The environment audit, on every SOP-Bench domain: it flags the known upstream defects and
 //! nothing else.
 
+#[cfg(feature = "sop-bench")]
 use std::collections::BTreeSet;
 
 use mtrl_env::audit::Check;
+#[cfg(feature = "sop-bench")]
 use mtrl_env::sop_bench::{DOMAINS, Domain, Source, Target, audit_domain};
 
+#[cfg(feature = "sop-bench")]
 fn flags(report: &mtrl_env::audit::AuditReport) -> BTreeSet<Check> {
     report.findings.iter().map(|f| f.check).collect()
 }
 
+#[cfg(feature = "sop-bench")]
 #[tokio::test]
 async fn the_audit_flags_exactly_the_upstream_defects() {
     let Some(dir) = std::env::var_os("MTRL_SOP_BENCH_DIR") else {
@@ -43,6 +47,7 @@ async fn the_audit_flags_exactly_the_upstream_defects() {
 /// mtrl's configuration (derived inputs, strict mode) fixes the leaks and the missing inputs.
 /// The tool defects remain, and strict validation shows one more: patient_intake advertises
 /// `patient_id` with the pattern `^P[0-9]{9}$`, which no id in the data (`P100012`, …) matches.
+#[cfg(feature = "sop-bench")]
 #[tokio::test]
 async fn mtrl_configuration_fixes_the_leaks() {
     let Some(dir) = std::env::var_os("MTRL_SOP_BENCH_DIR") else {

@@ -10,10 +10,13 @@
 //! | pass@k, mean@k, bootstrap intervals | [`pass_at_k`], [`SampledMetrics`], [`Bootstrap`] |
 //! | the per-step metrics record and its names | [`monitor::StepMetrics`], [`monitor::names`] |
 //! | the reward-hacking alarm | [`monitor::HackingAlarm`] |
-//! | JSON Lines metrics, the HTML report | [`monitor::JsonlSink`], [`monitor::Report`] |
+//! | JSON Lines metrics | [`monitor::JsonlSink`], [`monitor::read_metrics_log`] |
+//! | the HTML report with its charts (feature `report`, on by default) | `monitor::Report` |
 //!
 //! The answer format and the normalisation of field values are defined once, in
 //! [`mtrl_core::answer`]; the evaluator uses its strict parser and nothing looser.
+//!
+//! With `default-features = false` there is no report, and no plotting or font crates.
 //!
 //! ```
 //! use mtrl_core::{Episode, Evaluator, Message, StopReason, Task, Trajectory, Turn};
