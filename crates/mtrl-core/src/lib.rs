@@ -127,6 +127,7 @@ pub mod trajectory;
 pub use agent::{Action, Agent, Budget, FnAgent, TurnContext, agent_fn};
 pub use answer::{
     Answer, AnswerError, AnswerParser, FINAL_OUTPUT_TAG, Several, normalise_text, values_match,
+    values_match_within,
 };
 pub use environment::{Environment, EnvironmentFactory, Reset, Step};
 pub use error::{BoxError, Error, Result};

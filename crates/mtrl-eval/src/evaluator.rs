@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use mtrl_core::{
     AnswerParser, Evaluation, Evaluator, Failure, FieldResult, StopReason, Task, Trajectory,
-    async_trait, values_match,
+    async_trait, values_match, values_match_within,
 };
 use serde_json::Value;
 
@@ -72,9 +72,9 @@ impl FinalOutputEvaluator {
     }
 
     fn field(&self, name: &str, expected: &Value, predicted: Option<&Value>) -> FieldResult {
-        let within = |p: &Value| match (self.tolerances.get(name), number(expected), number(p)) {
-            (Some(tol), Some(e), Some(p)) => (e - p).abs() <= *tol,
-            _ => values_match(expected, p),
+        let within = |p: &Value| match self.tolerances.get(name) {
+            Some(tol) => values_match_within(expected, p, *tol),
+            None => values_match(expected, p),
         };
         FieldResult {
             correct: predicted.is_some_and(within),
@@ -190,16 +190,6 @@ impl FinalOutputEvaluator {
 pub const OUTCOME_PREFIX: &str = "outcome.";
 
 /// A finite number, from a JSON number or a string of decimal text.
-fn number(v: &Value) -> Option<f64> {
-    let f = match v {
-        Value::Number(n) => n.as_f64()?,
-        Value::String(s) if s.trim().bytes().any(|b| b.is_ascii_digit()) => {
-            s.trim().parse::<f64>().ok()?
-        }
-        _ => return None,
-    };
-    f.is_finite().then_some(f)
-}
 
 #[async_trait]
 impl Evaluator for FinalOutputEvaluator {

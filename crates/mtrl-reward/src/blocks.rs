@@ -1,7 +1,12 @@
 //! The building blocks: exact match, per-field accuracy, format, tool-call validity, outcome
 //! match, turn cost.
 
-use mtrl_core::{AnswerParser, Reward, RewardValue, Task, Trajectory, async_trait, values_match};
+use std::collections::BTreeMap;
+
+use mtrl_core::{
+    AnswerParser, Reward, RewardValue, Task, Trajectory, async_trait, values_match,
+    values_match_within,
+};
 use serde_json::{Map, Value};
 
 use crate::Error;
@@ -218,6 +223,7 @@ impl Reward for ToolCallValidity {
 pub struct OutcomeMatch {
     name: String,
     if_none: f64,
+    tolerances: BTreeMap<String, f64>,
 }
 
 impl Default for OutcomeMatch {
@@ -232,7 +238,26 @@ impl OutcomeMatch {
         Self {
             name: "outcome_match".into(),
             if_none: 1.0,
+            tolerances: BTreeMap::new(),
         }
+    }
+
+    /// Compares the outcome field `field` (named as in the expected outcome, without the
+    /// evaluator's `outcome.` prefix) within an absolute numeric tolerance
+    /// ([`values_match_within`](mtrl_core::values_match_within)); the other fields stay exact.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a tolerance that is negative or not finite.
+    pub fn tolerance(mut self, field: impl Into<String>, absolute: f64) -> Result<Self, Error> {
+        let field = field.into();
+        if !(absolute.is_finite() && absolute >= 0.0) {
+            return Err(Error::InvalidConfig(format!(
+                "the tolerance of outcome field {field:?} must be a finite number >= 0, not \
+                 {absolute}"
+            )));
+        }
+        self.tolerances.insert(field, absolute);
+        Ok(self)
     }
 
     /// The value for a task that expects no outcome.
@@ -261,9 +286,12 @@ impl Reward for OutcomeMatch {
                 let right = expected
                     .iter()
                     .filter(|(k, e)| {
-                        reported
-                            .and_then(|o| o.get(*k))
-                            .is_some_and(|p| values_match(e, p))
+                        reported.and_then(|o| o.get(*k)).is_some_and(|p| {
+                            match self.tolerances.get(*k) {
+                                Some(tol) => values_match_within(e, p, *tol),
+                                None => values_match(e, p),
+                            }
+                        })
                     })
                     .count();
                 right as f64 / expected.len() as f64

@@ -14,6 +14,37 @@ pub fn normalise_text(text: &str) -> String {
     out
 }
 
+/// Whether `predicted` matches `expected` within an absolute numeric `tolerance`: when both are
+/// numbers (or numeric strings), `|expected - predicted| <= tolerance`; otherwise exactly as
+/// [`values_match`]. For money summed as floats (`59.980000000000004` against `59.98`); a
+/// tolerance that is negative or not finite matches no number.
+///
+/// ```
+/// use mtrl_core::values_match_within;
+/// use serde_json::json;
+/// assert!(values_match_within(&json!(59.98), &json!(59.980000000000004), 0.005));
+/// assert!(!values_match_within(&json!(59.98), &json!(59.99), 0.005));
+/// assert!(values_match_within(&json!("open"), &json!("Open"), 0.005));
+/// ```
+pub fn values_match_within(expected: &Value, predicted: &Value, tolerance: f64) -> bool {
+    match (number(expected), number(predicted)) {
+        (Some(e), Some(p)) => (e - p).abs() <= tolerance,
+        _ => values_match(expected, predicted),
+    }
+}
+
+/// A finite number, or a numeric string read as one.
+fn number(v: &Value) -> Option<f64> {
+    let f = match v {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) if s.trim().bytes().any(|b| b.is_ascii_digit()) => {
+            s.trim().parse::<f64>().ok()?
+        }
+        _ => return None,
+    };
+    f.is_finite().then_some(f)
+}
+
 /// Whether `predicted` matches `expected` under the documented normalisation (see the
 /// [module documentation](super)).
 pub fn values_match(expected: &Value, predicted: &Value) -> bool {

@@ -62,7 +62,7 @@ use crate::trajectory::Trajectory;
 mod compare;
 mod json;
 
-pub use compare::{normalise_text, values_match};
+pub use compare::{normalise_text, values_match, values_match_within};
 pub use json::MAX_NESTING;
 
 /// The tag of the answer block: `<final_output>…</final_output>`.
