@@ -179,7 +179,11 @@ async fn numeric_tolerance_is_opt_in_per_field() {
     assert_eq!(exact.total, 0.5, "status right, total off by float noise");
     let tolerant = OutcomeMatch::new().tolerance("total", 0.005).unwrap();
     assert_eq!(tolerant.score(&task, t).await.unwrap().total, 1.0);
-    assert!(OutcomeMatch::new().tolerance("total", f64::INFINITY).is_err());
+    assert!(
+        OutcomeMatch::new()
+            .tolerance("total", f64::INFINITY)
+            .is_err()
+    );
     assert!(OutcomeMatch::new().tolerance("total", -0.1).is_err());
     assert!(
         FinalOutputEvaluator::new()
