@@ -494,3 +494,41 @@ async fn steps_that_are_not_the_episodes_next_action_are_refused() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// A remote factory names the tools its server's environments serve (from the health check), so
+/// the audit's schema check works through HTTP as it does in process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_sees_a_remote_environments_served_tools() {
+    use mtrl_core::{ToolSpec, agent_fn};
+    use mtrl_env::audit::{Audit, Check};
+    use mtrl_env::{ToolContext, ToolEnvironmentBuilder, ToolOutput, tool_fn};
+
+    let tool = |name: &str| {
+        tool_fn(
+            ToolSpec::new(name, "A tool.", json!({"type": "object", "properties": {}})).unwrap(),
+            |_, _: &mut ToolContext<'_, ()>| ToolOutput::text("ok"),
+        )
+    };
+    let local = ToolEnvironmentBuilder::new()
+        .tool(tool("getOrder"))
+        .hidden_tool(tool("refundEverything"))
+        .build()
+        .unwrap();
+    let server = EnvServer::new(local.clone(), ServerConfig::default())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let remote = RemoteFactory::new(server.url(), ClientConfig::default()).unwrap();
+    assert_eq!(remote.served_tools(), None, "unknown before a health check");
+    let health = remote.health().await.unwrap();
+    assert_eq!(health.served_tools, local.served_tools());
+    assert_eq!(remote.served_tools(), local.served_tools());
+
+    let agent = agent_fn(|_| Ok(Message::assistant("done")));
+    let tasks = [task("t")];
+    let here = Audit::new("local").run(&local, &agent, &tasks).await;
+    let there = Audit::new("remote").run(&remote, &agent, &tasks).await;
+    assert!(there.flagged(Check::SchemaMismatch), "{:?}", there.findings);
+    assert_eq!(here.findings, there.findings);
+    server.shutdown().await.unwrap();
+}

@@ -95,6 +95,8 @@ struct Inner {
     http: reqwest::Client,
     base: String,
     config: ClientConfig,
+    /// The served tools the last health check reported.
+    served: std::sync::Mutex<Option<Vec<String>>>,
 }
 
 /// Makes [`RemoteEnvironment`]s for a server at one base URL (`http://host:port`), sharing a
@@ -123,7 +125,12 @@ impl RemoteFactory {
             .build()
             .map_err(|e| RemoteError::Client(e.to_string()))?;
         Ok(Self {
-            inner: Arc::new(Inner { http, base, config }),
+            inner: Arc::new(Inner {
+                http,
+                base,
+                config,
+                served: std::sync::Mutex::new(None),
+            }),
         })
     }
 
@@ -132,14 +139,22 @@ impl RemoteFactory {
         &self.inner.base
     }
 
-    /// The server's health.
+    /// The server's health. It also tells the factory which tools the server's environments
+    /// serve, which [`EnvironmentFactory::served_tools`] then reports (for the audit).
     ///
     /// # Errors
     /// A [`RemoteError`] when the server cannot be reached or answers with an error.
     pub async fn health(&self) -> Result<Health, RemoteError> {
-        self.inner
+        let health = self
+            .inner
             .call::<(), Health>("health", Method::GET, "/v1/health", None, true)
-            .await
+            .await?;
+        *self
+            .inner
+            .served
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = health.served_tools.clone();
+        Ok(health)
     }
 }
 
@@ -153,6 +168,16 @@ impl EnvironmentFactory for RemoteFactory {
             session: None,
             seq: 0,
         })
+    }
+
+    /// The served tools the server reported at the last [`RemoteFactory::health`]; `None`
+    /// before one, or when the server's factory cannot name them.
+    fn served_tools(&self) -> Option<Vec<String>> {
+        self.inner
+            .served
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 

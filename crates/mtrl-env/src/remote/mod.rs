@@ -10,7 +10,7 @@
 //!
 //! | route | body | answer |
 //! |---|---|---|
-//! | `GET /v1/health` | — | 200 [`Health`] |
+//! | `GET /v1/health` | — | 200 [`Health`]: `{"status": "ok", "sessions": n, "max_sessions": n, "served_tools": [name] or null}` |
 //! | `POST /v1/sessions` | [`CreateSession`]: `{"task": Task, "episode": Episode}` | 201 [`SessionCreated`]: `{"session": id, "reset": Reset}` |
 //! | `POST /v1/sessions/{id}/step` | [`StepRequest`]: `{"seq": n, "action": Message}` | 200 [`StepAnswer`]: `{"seq": n, "step": Step}` |
 //! | `GET /v1/sessions/{id}/outcome` | — | 200 [`OutcomeAnswer`]: `{"outcome": value or null}` |
@@ -24,6 +24,10 @@
 //!   lost; the retry must carry the same action. Any other number than the last or the next
 //!   is a 409, and so is any step after the episode ended.
 //! - An action must be an assistant message, as the local rollout driver requires.
+//! - The health check names the tools the server's environments serve, when its factory knows
+//!   them; after [`RemoteFactory::health`], the client factory reports them as
+//!   [`EnvironmentFactory::served_tools`](mtrl_core::EnvironmentFactory::served_tools), so that
+//!   the environment audit checks a remote environment as a local one.
 //!
 //! | status | code | when |
 //! |---|---|---|
@@ -110,6 +114,10 @@ pub struct Health {
     pub sessions: usize,
     /// The most sessions the server holds at once.
     pub max_sessions: usize,
+    /// The names of the tools the served environments execute, when the server's factory
+    /// knows them ([`EnvironmentFactory::served_tools`](mtrl_core::EnvironmentFactory::served_tools)).
+    #[serde(default)]
+    pub served_tools: Option<Vec<String>>,
 }
 
 /// What went wrong, in an error answer.

@@ -361,6 +361,7 @@ where
             status: "ok".into(),
             sessions,
             max_sessions: shared.config.max_sessions,
+            served_tools: shared.factory.served_tools(),
         },
     )
 }
