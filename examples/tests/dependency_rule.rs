@@ -28,26 +28,33 @@ fn allowed(krate: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-/// Each workspace member with the mtrl crates it depends on, of any kind.
-fn workspace_edges() -> BTreeMap<String, BTreeSet<String>> {
+/// What `cargo ARGS` prints, run in this package's directory; it must succeed.
+fn cargo(args: &[&str]) -> Vec<u8> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--no-deps",
-            "--offline",
-        ])
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
-        .expect("cargo metadata runs");
+        .expect("cargo runs");
     assert!(
         out.status.success(),
-        "cargo metadata failed: {}",
+        "cargo {} failed: {}",
+        args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
-    let meta: Value = serde_json::from_slice(&out.stdout).unwrap();
+    out.stdout
+}
+
+/// Each workspace member with the mtrl crates it depends on, of any kind.
+fn workspace_edges() -> BTreeMap<String, BTreeSet<String>> {
+    let out = cargo(&[
+        "metadata",
+        "--format-version",
+        "1",
+        "--no-deps",
+        "--offline",
+    ]);
+    let meta: Value = serde_json::from_slice(&out).unwrap();
     let members: BTreeSet<String> = meta["packages"]
         .as_array()
         .unwrap()
@@ -117,29 +124,11 @@ fn the_rule_itself_rejects_the_forbidden_edges() {
 /// The crates `package` pulls in (normal dependencies, the package itself included) with the
 /// given feature flags.
 fn tree(package: &str, flags: &[&str]) -> BTreeSet<String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args([
-            "tree",
-            "-p",
-            package,
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-            "--offline",
-        ])
-        .args(["--format", "{p}"])
-        .args(flags)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("cargo tree runs");
-    assert!(
-        out.status.success(),
-        "cargo tree failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    let mut args = vec!["tree", "-p", package, "-e", "normal", "--prefix", "none"];
+    args.extend(["--offline", "--format", "{p}"]);
+    args.extend(flags);
+    let out = cargo(&args);
+    String::from_utf8_lossy(&out)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)
