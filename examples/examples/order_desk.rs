@@ -407,14 +407,14 @@ pub async fn run(dir: &Path, n: usize) -> Result<Figures, BoxError> {
             .clone()
             .layer(Recorder::new(std::fs::File::create(&path)?));
         let live = driver.run_batch(agent, &recorded, &tasks, 1).await;
-        let rows = score_groups(&tasks, &live, &reward, &evaluator).await;
-        let exact_rows = score_groups(&tasks, &live, &reward, &exact).await;
+        let rows = score_groups(&tasks, &live, &reward, &evaluator).await?;
+        let exact_rows = score_groups(&tasks, &live, &reward, &exact).await?;
 
         let recording = std::io::BufReader::new(std::fs::File::open(&path)?);
         let replayed = driver
             .run_batch(agent, &Replayer::from_jsonl(recording)?, &tasks, 1)
             .await;
-        let replay_rows = score_groups(&tasks, &replayed, &reward, &evaluator).await;
+        let replay_rows = score_groups(&tasks, &replayed, &reward, &evaluator).await?;
         let verdict = |r: &Scored<'_>| (r.evaluation.clone(), r.reward.clone());
         let replay_identical = rows.iter().map(verdict).eq(replay_rows.iter().map(verdict));
 

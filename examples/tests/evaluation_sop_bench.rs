@@ -178,7 +178,9 @@ async fn the_final_response_hack_on_real_tasks() {
         ExactMatch::new().with_parser(AnswerParser::lenient().accept_tag("final_response"));
     // One group per task, scored once by the reward and the evaluator.
     let groups: Vec<Vec<Trajectory>> = trajectories.iter().map(|t| vec![t.clone()]).collect();
-    let rows = score_groups(&tasks, &groups, &lenient, &evaluator).await;
+    let rows = score_groups(&tasks, &groups, &lenient, &evaluator)
+        .await
+        .unwrap();
     assert!(
         rows.iter()
             .all(|r| { r.reward.total == 1.0 && r.reward.components["exact_match@strict"] == 0.0 })

@@ -143,8 +143,12 @@ async fn the_final_response_hack_is_credited_by_the_lenient_reward_failed_by_the
                 .collect()
         })
         .collect();
-    let lenient_rows = score_groups(&tasks, &groups, &lenient, &evaluator).await;
-    let aligned_rows = score_groups(&tasks, &groups, &aligned, &evaluator).await;
+    let lenient_rows = score_groups(&tasks, &groups, &lenient, &evaluator)
+        .await
+        .unwrap();
+    let aligned_rows = score_groups(&tasks, &groups, &aligned, &evaluator)
+        .await
+        .unwrap();
     assert_eq!(lenient_rows.len(), 16);
     assert!(
         lenient_rows
@@ -222,7 +226,9 @@ async fn a_run_drifting_into_the_hack_raises_the_alarm() {
                     .collect()
             })
             .collect();
-        let rows = score_groups(&tasks, &groups, &reward, &evaluator).await;
+        let rows = score_groups(&tasks, &groups, &reward, &evaluator)
+            .await
+            .unwrap();
         let mut m = step_metrics(step, &rows);
         if step % 4 == 3 {
             // Validation: the same policy judged by the strict evaluator.

@@ -28,6 +28,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A batch to score has a different number of tasks and groups.
+    #[error("a batch of {tasks} tasks cannot be scored with {groups} groups: one group per task")]
+    MismatchedBatch {
+        /// The tasks given.
+        tasks: usize,
+        /// The groups given.
+        groups: usize,
+    },
     /// A value could not be encoded to or decoded from JSON.
     #[error("JSON error: {0}")]
     Json(#[from] serde_json::Error),

@@ -1,6 +1,7 @@
 //! A batch's episodes scored once, by a reward and by the evaluator, as the rows that the reward
 //! guards, the training metrics and the trainer all read.
 
+use crate::error::{Error, Result};
 use crate::evaluator::{Evaluation, Evaluator};
 use crate::reward::{Reward, RewardValue};
 use crate::task::Task;
@@ -80,6 +81,10 @@ impl<'a> Scored<'a> {
 /// A reward or evaluator error on one episode is kept in its row (see [`Scored`]); it never
 /// fails the batch.
 ///
+/// # Errors
+/// [`Error::MismatchedBatch`] when `tasks` and `groups` differ in length: no group is dropped
+/// unseen.
+///
 /// ```
 /// # use mtrl_core::*;
 /// # use serde_json::json;
@@ -100,7 +105,7 @@ impl<'a> Scored<'a> {
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let tasks = vec![Task::new("t", json!({}), json!({}))?];
 /// let groups = vec![vec![Trajectory::new("t", Episode { index: 0, seed: 1 })]];
-/// let rows = score_groups(&tasks, &groups, &Len, &Always).await;
+/// let rows = score_groups(&tasks, &groups, &Len, &Always).await?;
 /// assert_eq!(rows.len(), 1);
 /// assert_eq!(rows[0].reward.total, 0.0);
 /// assert!(rows[0].evaluation.as_ref().is_some_and(|e| e.success));
@@ -112,11 +117,17 @@ pub async fn score_groups<'a, R, E>(
     groups: &'a [Vec<Trajectory>],
     reward: &R,
     evaluator: &E,
-) -> Vec<Scored<'a>>
+) -> Result<Vec<Scored<'a>>>
 where
     R: Reward + ?Sized,
     E: Evaluator + ?Sized,
 {
+    if tasks.len() != groups.len() {
+        return Err(Error::MismatchedBatch {
+            tasks: tasks.len(),
+            groups: groups.len(),
+        });
+    }
     let mut rows = Vec::with_capacity(groups.iter().map(Vec::len).sum());
     for (group, (task, trajectories)) in tasks.iter().zip(groups).enumerate() {
         for trajectory in trajectories {
@@ -132,5 +143,5 @@ where
             rows.push(row);
         }
     }
-    rows
+    Ok(rows)
 }

@@ -68,7 +68,9 @@ async fn each_episode_is_scored_and_judged_once_and_failures_stay_in_their_rows(
         vec![crashed, episode("b", 4)],
     ];
     let (reward, evaluator) = (ByIndex::default(), Even::default());
-    let rows = score_groups(&tasks, &groups, &reward, &evaluator).await;
+    let rows = score_groups(&tasks, &groups, &reward, &evaluator)
+        .await
+        .unwrap();
     assert_eq!(reward.0.load(Ordering::SeqCst), 6);
     assert_eq!(evaluator.0.load(Ordering::SeqCst), 6);
 
@@ -109,4 +111,24 @@ async fn each_episode_is_scored_and_judged_once_and_failures_stay_in_their_rows(
         rows[5].usable(),
         "an evaluator's failure does not stop training on it"
     );
+}
+
+#[tokio::test]
+async fn a_batch_whose_groups_do_not_match_its_tasks_is_refused_not_cut() {
+    let tasks = vec![Task::new("a", json!({}), json!({})).unwrap()];
+    let groups = vec![vec![episode("a", 0)], vec![episode("b", 0)]];
+    let err = score_groups(&tasks, &groups, &ByIndex::default(), &Even::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::MismatchedBatch {
+                tasks: 1,
+                groups: 2
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("1 tasks") && err.to_string().contains("2 groups"));
 }

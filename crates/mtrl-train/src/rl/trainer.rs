@@ -467,7 +467,7 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
         let rollout_s = t0.elapsed().as_secs_f64();
 
         let t1 = Instant::now();
-        let scored = score_groups(&tasks, &groups, &self.reward, &self.evaluator).await;
+        let scored = score_groups(&tasks, &groups, &self.reward, &self.evaluator).await?;
         let reward_s = t1.elapsed().as_secs_f64();
         metrics.record_rollouts(&scored, &UsualToolUse::none());
 
