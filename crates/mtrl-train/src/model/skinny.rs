@@ -2,9 +2,10 @@
 //!
 //! At decode time each projection multiplies a handful of rows (one per episode) by a weight
 //! matrix that does not fit in cache. The general gemm packs the weight panels first, which at
-//! 2–16 rows costs as much as the product itself. This kernel streams each weight row once and
-//! takes its dot product with every row of `x` (held in L1, interleaved by SIMD lane), split over
-//! the rayon pool by blocks of weight rows. SIMD width comes from runtime dispatch (`pulp`: AVX2,
+//! 2–16 rows costs as much as the product itself, and its matrix-vector path (one row) keeps a
+//! single core busy. This kernel streams each weight row once and takes its dot product with
+//! every row of `x` (held in L1, interleaved by SIMD lane), split over the rayon pool by blocks
+//! of weight rows, so that batch-1 decoding reads the weights with every core. SIMD width comes from runtime dispatch (`pulp`: AVX2,
 //! AVX-512, NEON or scalar), without `unsafe`.
 //!
 //! Only the inference path uses it; the differentiable path keeps candle's matmul.
@@ -17,8 +18,8 @@ use crate::Error;
 
 /// The most rows of `x` this kernel takes; above it the general gemm is efficient.
 pub(crate) const MAX_ROWS: usize = 16;
-/// The fewest: one row is a matrix-vector product, which candle's gemm does well.
-pub(crate) const MIN_ROWS: usize = 2;
+/// The fewest: one row, a matrix-vector product split over every core.
+pub(crate) const MIN_ROWS: usize = 1;
 /// Weight rows per parallel task: about four tasks per thread, whole tiles
 /// ([`TILE_ROWS`]), at least 16 and at most 256 rows.
 fn block_rows(n: usize) -> usize {
@@ -57,6 +58,9 @@ pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>, Error> 
         .for_each(|(y, w)| {
             pulp::Arch::new().dispatch(Block { x: xv, w, y, m, k });
         });
+    if m == 1 {
+        return Ok(Some(Tensor::from_vec(yt, (1, n), x.device())?));
+    }
     let mut y = vec![0f32; m * n];
     for (j, col) in yt.chunks_exact(m).enumerate() {
         for (r, v) in col.iter().enumerate() {
@@ -258,7 +262,7 @@ mod tests {
         }
         // k not a multiple of any SIMD width, n not a multiple of the block or of R.
         for (k, n) in [(37, 3), (576, 193), (100, 1), (16, 65)] {
-            for m in [2, 3, 5, 8, 13] {
+            for m in [1, 2, 3, 5, 8, 13] {
                 check(m, k, n);
             }
         }
@@ -278,8 +282,8 @@ mod tests {
         assert!(matmul_t(&x, &w).unwrap().is_none(), "non-contiguous w");
         let w = Tensor::zeros((3, 9), DType::F32, &dev).unwrap();
         assert!(matmul_t(&x, &w).unwrap().is_none(), "k differs");
-        let x = Tensor::zeros((1, 8), DType::F32, &dev).unwrap();
+        let x = Tensor::zeros((MAX_ROWS + 1, 8), DType::F32, &dev).unwrap();
         let w = Tensor::zeros((3, 8), DType::F32, &dev).unwrap();
-        assert!(matmul_t(&x, &w).unwrap().is_none(), "one row");
+        assert!(matmul_t(&x, &w).unwrap().is_none(), "too many rows");
     }
 }
