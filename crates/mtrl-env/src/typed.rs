@@ -65,8 +65,9 @@ pub struct TypedTool<A, F> {
 /// ```
 ///
 /// # Errors
-/// [`mtrl_core::Error::InvalidToolSpec`], as [`ToolSpec::new`] refuses it: an empty or malformed name, or a schema that is not an object
-/// schema (for `A`, a type that is not a struct with named fields).
+/// [`mtrl_core::Error::InvalidToolSpec`], as [`ToolSpec::new`] refuses it: an empty or
+/// malformed name, or a schema that is not an object schema (for `A`, a type that is not a
+/// struct with named fields).
 pub fn typed_tool<A, S, F>(
     name: impl Into<String>,
     description: impl Into<String>,

@@ -5,8 +5,8 @@
 //! 2–16 rows costs as much as the product itself, and its matrix-vector path (one row) keeps a
 //! single core busy. This kernel streams each weight row once and takes its dot product with
 //! every row of `x` (held in L1, interleaved by SIMD lane), split over the rayon pool by blocks
-//! of weight rows, so that batch-1 decoding reads the weights with every core. SIMD width comes from runtime dispatch (`pulp`: AVX2,
-//! AVX-512, NEON or scalar), without `unsafe`.
+//! of weight rows, so that batch-1 decoding reads the weights with every core. SIMD width comes
+//! from runtime dispatch (`pulp`: AVX2, AVX-512, NEON or scalar), without `unsafe`.
 //!
 //! Only the inference path uses it; the differentiable path keeps candle's matmul.
 

@@ -473,13 +473,16 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
 
         let mut samples = Vec::new();
         let (mut dropped, mut flat) = (0usize, 0usize);
-        for (g, group) in groups.iter().enumerate() {
-            let rows = scored.iter().filter(|r| r.group == g);
-            if !rows.clone().all(Scored::usable) {
+        // The rows come group by group, in batch order.
+        let mut start = 0;
+        for group in &groups {
+            let rows = &scored[start..start + group.len()];
+            start += group.len();
+            if !rows.iter().all(Scored::usable) {
                 dropped += 1;
                 continue;
             }
-            let totals: Vec<f64> = rows.map(|r| r.reward.total).collect();
+            let totals: Vec<f64> = rows.iter().map(|r| r.reward.total).collect();
             if !has_variance(&totals) {
                 flat += 1;
                 continue;
