@@ -51,6 +51,8 @@ fn run(
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As the `mtrl` binary does: freed tensors are reused, not faulted in again.
+    mtrl_train::memory::retain_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let random = args.iter().any(|a| a == "--random");
     let out_path = args.iter().find(|a| !a.starts_with("--")).cloned();

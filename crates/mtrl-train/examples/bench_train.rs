@@ -105,6 +105,8 @@ fn time_steps(
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As the `mtrl` binary does: freed tensors are reused, not faulted in again.
+    mtrl_train::memory::retain_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     // Random weights of a shape (with its name), or the SmolLM2 GGUF (`None`).
     let random = args.iter().any(|a| a == "--random");

@@ -15,6 +15,7 @@
 //! | LoRA adapters (PEFT format) | [`model::Lora`] |
 //! | advantages, losses, AdamW, the trainer and SFT | [`rl`] |
 //! | registry assets for tests and examples | [`assets`] |
+//! | the allocator tuned for tensors | [`memory::retain_freed_memory`] |
 //!
 //! Runs on the CPU by default; build with the `cuda` feature for candle's CUDA backend (same
 //! code path).
@@ -25,6 +26,7 @@ pub mod agent;
 pub mod assets;
 pub mod chat;
 pub mod engine;
+pub mod memory;
 pub mod model;
 pub mod rl;
 pub mod sampler;

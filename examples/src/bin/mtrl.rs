@@ -3,9 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::{Parser, Subcommand, ValueEnum};
 use mtrl_env::sop_bench::{DOMAINS, Domain, Source, Target, audit_domain};
 use mtrl_eval::monitor::{AlarmConfig, HackingAlarm, Report, read_metrics_log};
@@ -187,6 +184,8 @@ enum AuditTarget {
 }
 
 fn main() -> ExitCode {
+    // Freed tensors are reused, not handed back to the OS and faulted in again every step.
+    mtrl_train::memory::retain_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // Help and version go to stdout as clap writes them.

@@ -1,9 +1,10 @@
 //! The causal LM: one set of weights, two forward paths.
 //!
-//! - [`CausalLm::forward_train`] is differentiable end to end: RMS norm, RoPE and softmax are
-//!   written with ordinary tensor ops, because candle's fused kernels for them have no backward
-//!   and would silently cut the gradient.
-//! - [`CausalLm::forward_cached`] decodes with candle's fused kernels, a KV cache, and weights
+//! - [`CausalLm::forward_train`] is differentiable end to end: projections, RMS norm, RoPE,
+//!   the attention softmax and SwiGLU are mtrl's fused ops with a backward pass (`model/ops`),
+//!   because candle's fused kernels have no backward and would silently cut the gradient.
+//!   With LoRA, the base weights are detached, so no gradient of a frozen weight is computed.
+//! - [`CausalLm::forward_cached`] decodes with fused kernels, a KV cache, and weights
 //!   detached from the autograd graph (the same storage: an optimiser step is seen at once).
 //!
 //! Both paths share everything else (projections, grouped-query attention, the MLP), and tests
@@ -18,6 +19,7 @@ mod cache;
 mod config;
 mod load;
 mod lora;
+mod ops;
 mod precision;
 mod skinny;
 mod weights;
@@ -58,6 +60,8 @@ pub struct CausalLm {
     dtype: DType,
     /// Bumped whenever the weights change in place ([`CausalLm::weights_changed`]).
     version: std::sync::atomic::AtomicU64,
+    /// Whether the layers run on the composed reference ops ([`CausalLm::with_reference_ops`]).
+    reference_ops: bool,
 }
 
 impl CausalLm {
@@ -71,8 +75,8 @@ impl CausalLm {
         config.validate()?;
         params.check(&config)?;
         let dtype = params.dtype()?;
-        let train = Weights::new(&params, &config, false, None)?;
-        let infer = Weights::new(&params, &config, true, None)?;
+        let train = Weights::new(&params, &config, false, None, false)?;
+        let infer = Weights::new(&params, &config, true, None, true)?;
         let half = config.head_dim / 2;
         let inv: Vec<f32> = (0..half)
             .map(|i| {
@@ -98,7 +102,17 @@ impl CausalLm {
             device: device.clone(),
             dtype,
             version: std::sync::atomic::AtomicU64::new(0),
+            reference_ops: false,
         })
+    }
+
+    /// The model running its layers on the composed reference ops (`on`) instead of the fused
+    /// ones: ordinary candle tensor ops, slower and heavier, which compute the same values and
+    /// gradients up to rounding. For checking the fused ops, or for isolating a suspected
+    /// kernel bug; devices without fused kernels use the reference anyway.
+    pub fn with_reference_ops(mut self, on: bool) -> Self {
+        self.reference_ops = on;
+        self
     }
 
     /// The model computing in `dtype`: its parameters converted (bf16 or f16 halve the
@@ -114,7 +128,8 @@ impl CausalLm {
             return Ok(self);
         }
         let params = self.params.to_dtype(dtype)?;
-        let mut out = CausalLm::new(self.config, params, &self.device)?;
+        let mut out = CausalLm::new(self.config, params, &self.device)?
+            .with_reference_ops(self.reference_ops);
         if let Some(lora) = self.lora {
             out = out.with_lora(lora)?;
         }
@@ -145,8 +160,10 @@ impl CausalLm {
         if self.lora.is_some() {
             return Err(Error::Config("the model already has LoRA adapters".into()));
         }
-        self.train = Weights::new(&self.params, &self.config, false, Some(&lora))?;
-        self.infer = Weights::new(&self.params, &self.config, true, Some(&lora))?;
+        // The base weights are frozen: detached on both paths, so that backward passes compute
+        // gradients of the adapters only.
+        self.train = Weights::new(&self.params, &self.config, true, Some(&lora), false)?;
+        self.infer = Weights::new(&self.params, &self.config, true, Some(&lora), true)?;
         self.lora = Some(lora);
         Ok(self)
     }
@@ -337,7 +354,7 @@ impl CausalLm {
     /// Logits `[batch, time, vocab]`, in f32, of final hidden states `[batch, time, hidden]`.
     fn logits(&self, path: Path, x: &Tensor) -> Result<Tensor, Error> {
         let (b, t, h) = x.dims3()?;
-        let logits = project(
+        let logits = self.project(
             path,
             &x.reshape((b * t, h))?,
             &self.weights(path).lm_head,
@@ -529,8 +546,9 @@ impl CausalLm {
         let n = picks.rows.len();
         let rows = Tensor::from_vec(picks.rows.clone(), n, &self.device)?;
         let picked = x.reshape((b * t, h))?.index_select(&rows, 0)?;
-        let logits =
-            project(Path::Train, &picked, &self.train.lm_head, None)?.to_dtype(DType::F32)?;
+        let logits = self
+            .project(Path::Train, &picked, &self.train.lm_head, None)?
+            .to_dtype(DType::F32)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let targets = Tensor::from_vec(picks.targets.clone(), (n, 1), &self.device)?;
         let chosen = logp.gather(&targets, 1)?.squeeze(1)?;
@@ -561,7 +579,7 @@ impl CausalLm {
                     bias: &Option<Tensor>,
                     heads: usize|
          -> Result<Tensor, Error> {
-            let mut y = project(path, &hn, wt, ad(m))?;
+            let mut y = self.project(path, &hn, wt, ad(m))?;
             if let Some(bias) = bias {
                 y = y.broadcast_add(bias)?;
             }
@@ -581,34 +599,35 @@ impl CausalLm {
             Some((cache, l)) => cache.append(l, &k, &v)?,
             None => (k, v),
         };
-        let kv_len = k.dim(2)?;
         // Grouped-query attention without copying k and v: the query heads that share a
         // key/value head are stacked along time.
         let q = q.reshape((b, kvh, rep * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = match mask {
-            Some(m) => scores
-                .reshape((b, kvh, rep, t, kv_len))?
-                .broadcast_add(&m.reshape((b, 1, 1, t, kv_len))?)?
-                .reshape((b, kvh, rep * t, kv_len))?,
-            None => scores,
-        };
-        let probs = match path {
-            Path::Train => candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?
-                .to_dtype(self.dtype)?,
-            Path::Infer => candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?,
+        let scores = q.matmul(&k.t()?)?;
+        let probs = if self.reference_ops {
+            ops::reference::attn_softmax(&scores, mask, scale)?
+        } else {
+            ops::attn_softmax(&scores, mask, scale)?
         };
         let attn = probs
             .matmul(&v)?
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b * t, nh * hd))?;
-        let x = (x + project(path, &attn, &w.o, ad(Module::O))?.reshape((b, t, h))?)?;
+        let x = (x + self
+            .project(path, &attn, &w.o, ad(Module::O))?
+            .reshape((b, t, h))?)?;
         let hn = self.norm(path, &x, &w.mlp_norm)?.reshape((b * t, h))?;
-        let gate = project(path, &hn, &w.gate, ad(Module::Gate))?.silu()?;
-        let up = project(path, &hn, &w.up, ad(Module::Up))?;
-        let mlp = project(path, &(gate * up)?, &w.down, ad(Module::Down))?.reshape((b, t, h))?;
+        let gate = self.project(path, &hn, &w.gate, ad(Module::Gate))?;
+        let up = self.project(path, &hn, &w.up, ad(Module::Up))?;
+        let act = if self.reference_ops {
+            ops::reference::swiglu(&gate, &up)?
+        } else {
+            ops::swiglu(&gate, &up)?
+        };
+        let mlp = self
+            .project(path, &act, &w.down, ad(Module::Down))?
+            .reshape((b, t, h))?;
         Ok((x + mlp)?)
     }
 
@@ -616,13 +635,8 @@ impl CausalLm {
         let eps = self.config.rms_norm_eps;
         Ok(match path {
             Path::Infer => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?,
-            Path::Train => {
-                let x = x.to_dtype(DType::F32)?;
-                let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-                x.broadcast_div(&(ms + eps)?.sqrt()?)?
-                    .to_dtype(self.dtype)?
-                    .broadcast_mul(w)?
-            }
+            Path::Train if self.reference_ops => ops::reference::rms_norm(x, w, eps, self.dtype)?,
+            Path::Train => ops::rms_norm(x, w, eps)?,
         })
     }
 
@@ -631,43 +645,43 @@ impl CausalLm {
     fn rope(&self, path: Path, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, Error> {
         Ok(match path {
             Path::Infer => candle_nn::rotary_emb::rope(x, cos, sin)?,
-            Path::Train => {
-                let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
-                let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
-                let half = x.dim(D::Minus1)? / 2;
-                let x1 = x.narrow(D::Minus1, 0, half)?;
-                let x2 = x.narrow(D::Minus1, half, half)?;
-                let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-                (x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?
+            Path::Train if self.reference_ops => ops::reference::rope(x, cos, sin)?,
+            Path::Train => ops::rope(x, cos, sin)?,
+        })
+    }
+
+    /// `x [rows, in] · wᵀ` for a weight `w [out, in]`, plus the LoRA update
+    /// `scale · (x·Aᵀ)·Bᵀ` when the projection has an adapter (computed in the adapter's
+    /// dtype, f32). Decoding a few rows on the CPU goes through the skinny kernel
+    /// ([`skinny`]), training through the fused projection ([`ops::linear`]), whose backward
+    /// skips frozen weights.
+    fn project(
+        &self,
+        path: Path,
+        x: &Tensor,
+        w: &Tensor,
+        adapter: Option<&Adapter>,
+    ) -> Result<Tensor, Error> {
+        let y = match path {
+            Path::Infer => match skinny::matmul_t(x, w)? {
+                Some(y) => y,
+                None => x.matmul(&w.t()?)?,
+            },
+            Path::Train if self.reference_ops => ops::reference::linear(x, w)?,
+            Path::Train => ops::linear(x, w)?,
+        };
+        Ok(match adapter {
+            None => y,
+            Some(a) => {
+                let delta = x
+                    .to_dtype(a.a.dtype())?
+                    .matmul(&a.a.t()?)?
+                    .matmul(&a.b.t()?)?;
+                let delta = (delta * a.scale)?.to_dtype(y.dtype())?;
+                (y + delta)?
             }
         })
     }
-}
-
-/// `x [rows, in] · wᵀ` for a weight `w [out, in]`, plus the LoRA update `scale · (x·Aᵀ)·Bᵀ`
-/// when the projection has an adapter (computed in the adapter's dtype, f32). Decoding a few
-/// rows on the CPU goes through the skinny kernel ([`skinny`]); everything else through
-/// candle's matmul.
-fn project(path: Path, x: &Tensor, w: &Tensor, adapter: Option<&Adapter>) -> Result<Tensor, Error> {
-    let mut y = None;
-    if path == Path::Infer {
-        y = skinny::matmul_t(x, w)?;
-    }
-    let y = match y {
-        Some(y) => y,
-        None => x.matmul(&w.t()?)?,
-    };
-    Ok(match adapter {
-        None => y,
-        Some(a) => {
-            let delta = x
-                .to_dtype(a.a.dtype())?
-                .matmul(&a.a.t()?)?
-                .matmul(&a.b.t()?)?;
-            let delta = (delta * a.scale)?.to_dtype(y.dtype())?;
-            (y + delta)?
-        }
-    })
 }
 
 /// `(layer, module)` of a projection weight's Hugging Face name

@@ -223,13 +223,14 @@ pub(crate) struct Weights {
 }
 
 impl Weights {
-    /// Views of `params` and of the adapters in `lora`; `detached` cuts them from the autograd
-    /// graph (same storage).
+    /// Views of `params` and of the adapters in `lora`; `detached` cuts the parameters from the
+    /// autograd graph (same storage), `adapters_detached` the adapters.
     pub fn new(
         params: &Params,
         c: &ModelConfig,
         detached: bool,
         lora: Option<&Lora>,
+        adapters_detached: bool,
     ) -> Result<Self, Error> {
         let get = |n: &str| -> Result<Tensor, Error> {
             let t = params.get(n)?;
@@ -256,7 +257,8 @@ impl Weights {
                 down: get(&p("mlp.down_proj.weight"))?,
                 attn_norm: get(&p("input_layernorm.weight"))?,
                 mlp_norm: get(&p("post_attention_layernorm.weight"))?,
-                adapters: Module::ALL.map(|m| lora.and_then(|lo| lo.adapter(l, m, detached))),
+                adapters: Module::ALL
+                    .map(|m| lora.and_then(|lo| lo.adapter(l, m, adapters_detached))),
             });
         }
         let embed = get("model.embed_tokens.weight")?;
