@@ -25,7 +25,7 @@ mod skinny;
 mod weights;
 
 use candle_core::backprop::GradStore;
-use candle_core::{D, DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
 pub use cache::KvCache;
 pub use config::{Architecture, ModelConfig};
@@ -60,8 +60,8 @@ pub struct CausalLm {
     dtype: DType,
     /// Bumped whenever the weights change in place ([`CausalLm::weights_changed`]).
     version: std::sync::atomic::AtomicU64,
-    /// Whether the layers run on the composed reference ops ([`CausalLm::with_reference_ops`]).
-    reference_ops: bool,
+    /// The fused ops, or the composed reference ([`CausalLm::with_reference_ops`]).
+    ops: ops::OpSet,
 }
 
 impl CausalLm {
@@ -102,7 +102,7 @@ impl CausalLm {
             device: device.clone(),
             dtype,
             version: std::sync::atomic::AtomicU64::new(0),
-            reference_ops: false,
+            ops: ops::OpSet::Fused,
         })
     }
 
@@ -111,7 +111,11 @@ impl CausalLm {
     /// gradients up to rounding. For checking the fused ops, or for isolating a suspected
     /// kernel bug; devices without fused kernels use the reference anyway.
     pub fn with_reference_ops(mut self, on: bool) -> Self {
-        self.reference_ops = on;
+        self.ops = if on {
+            ops::OpSet::Reference
+        } else {
+            ops::OpSet::Fused
+        };
         self
     }
 
@@ -128,8 +132,8 @@ impl CausalLm {
             return Ok(self);
         }
         let params = self.params.to_dtype(dtype)?;
-        let mut out = CausalLm::new(self.config, params, &self.device)?
-            .with_reference_ops(self.reference_ops);
+        let mut out = CausalLm::new(self.config, params, &self.device)?;
+        out.ops = self.ops;
         if let Some(lora) = self.lora {
             out = out.with_lora(lora)?;
         }
@@ -223,7 +227,9 @@ impl CausalLm {
             tensors.push((name.to_string(), t));
         }
         let params = Params::from_tensors(tensors, &self.device)?.to_dtype(self.dtype)?;
-        CausalLm::new(self.config.clone(), params, &self.device)
+        let mut out = CausalLm::new(self.config.clone(), params, &self.device)?;
+        out.ops = self.ops;
+        Ok(out)
     }
 
     /// The device the weights live on.
@@ -549,11 +555,11 @@ impl CausalLm {
         let logits = self
             .project(Path::Train, &picked, &self.train.lm_head, None)?
             .to_dtype(DType::F32)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let targets = Tensor::from_vec(picks.targets.clone(), (n, 1), &self.device)?;
-        let chosen = logp.gather(&targets, 1)?.squeeze(1)?;
-        let lp = logp.detach();
-        let entropy = (lp.exp()? * &lp)?.sum(1)?.neg()?;
+        let targets = Tensor::from_vec(picks.targets.clone(), n, &self.device)?;
+        // Per row: the target's logprob, the entropy and the log-sum-exp.
+        let stats = self.ops.picked_log_softmax(&logits, &targets)?;
+        let chosen = stats.narrow(1, 0, 1)?.squeeze(1)?;
+        let entropy = stats.narrow(1, 1, 1)?.squeeze(1)?.detach();
         Ok((chosen, entropy))
     }
 
@@ -604,10 +610,9 @@ impl CausalLm {
         let q = q.reshape((b, kvh, rep * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
         let scores = q.matmul(&k.t()?)?;
-        let probs = if self.reference_ops {
-            ops::reference::attn_softmax(&scores, mask, scale)?
-        } else {
-            ops::attn_softmax(&scores, mask, scale)?
+        let probs = match (path, self.ops) {
+            (Path::Infer, ops::OpSet::Fused) => ops::attn_softmax_infer(&scores, mask, scale)?,
+            _ => self.ops.attn_softmax(&scores, mask, scale)?,
         };
         let attn = probs
             .matmul(&v)?
@@ -620,11 +625,7 @@ impl CausalLm {
         let hn = self.norm(path, &x, &w.mlp_norm)?.reshape((b * t, h))?;
         let gate = self.project(path, &hn, &w.gate, ad(Module::Gate))?;
         let up = self.project(path, &hn, &w.up, ad(Module::Up))?;
-        let act = if self.reference_ops {
-            ops::reference::swiglu(&gate, &up)?
-        } else {
-            ops::swiglu(&gate, &up)?
-        };
+        let act = self.ops.swiglu(&gate, &up)?;
         let mlp = self
             .project(path, &act, &w.down, ad(Module::Down))?
             .reshape((b, t, h))?;
@@ -635,8 +636,7 @@ impl CausalLm {
         let eps = self.config.rms_norm_eps;
         Ok(match path {
             Path::Infer => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?,
-            Path::Train if self.reference_ops => ops::reference::rms_norm(x, w, eps, self.dtype)?,
-            Path::Train => ops::rms_norm(x, w, eps)?,
+            Path::Train => self.ops.rms_norm(x, w, eps)?,
         })
     }
 
@@ -645,13 +645,12 @@ impl CausalLm {
     fn rope(&self, path: Path, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, Error> {
         Ok(match path {
             Path::Infer => candle_nn::rotary_emb::rope(x, cos, sin)?,
-            Path::Train if self.reference_ops => ops::reference::rope(x, cos, sin)?,
-            Path::Train => ops::rope(x, cos, sin)?,
+            Path::Train => self.ops.rope(x, cos, sin)?,
         })
     }
 
     /// `x [rows, in] · wᵀ` for a weight `w [out, in]`, plus the LoRA update
-    /// `scale · (x·Aᵀ)·Bᵀ` when the projection has an adapter (computed in the adapter's
+    /// `(scale · x·Aᵀ)·Bᵀ` when the projection has an adapter (computed in the adapter's
     /// dtype, f32). Decoding a few rows on the CPU goes through the skinny kernel
     /// ([`skinny`]), training through the fused projection ([`ops::linear`]), whose backward
     /// skips frozen weights.
@@ -667,17 +666,14 @@ impl CausalLm {
                 Some(y) => y,
                 None => x.matmul(&w.t()?)?,
             },
-            Path::Train if self.reference_ops => ops::reference::linear(x, w)?,
-            Path::Train => ops::linear(x, w)?,
+            Path::Train => self.ops.linear(x, w)?,
         };
         Ok(match adapter {
             None => y,
             Some(a) => {
-                let delta = x
-                    .to_dtype(a.a.dtype())?
-                    .matmul(&a.a.t()?)?
-                    .matmul(&a.b.t()?)?;
-                let delta = (delta * a.scale)?.to_dtype(y.dtype())?;
+                // The scale applies to the rank-wide product, the smallest tensor of the chain.
+                let low = (x.to_dtype(a.a.dtype())?.matmul(&a.a.t()?)? * a.scale)?;
+                let delta = low.matmul(&a.b.t()?)?.to_dtype(y.dtype())?;
                 (y + delta)?
             }
         })

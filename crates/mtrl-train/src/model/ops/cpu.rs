@@ -45,6 +45,61 @@ impl Float for f16 {
     }
 }
 
+/// `e^x` without a libm call: Cody–Waite range reduction and a degree-6 polynomial (within
+/// about 2 ulp of libm's), written without branches so that the loops calling it vectorise.
+/// Below `-87.33` (where f32 runs out of normal numbers) it is 0, so `-inf` (a masked slot)
+/// gives exactly 0; above 88 it saturates at `e^88`; NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LOW: f32 = -87.336_55;
+    // 1.5 · 2²³: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let xc = x.clamp(LOW, 88.0);
+    let k = (xc * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = xc - k * 0.693_359_4 - k * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    let scale = f32::from_bits(((k as i32 + 127) << 23) as u32);
+    if x < LOW { 0.0 } else { y * scale }
+}
+
+/// The sum of `v`, in eight lanes (so that it vectorises) added at the end.
+#[inline]
+fn sum(v: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (l, x) in lanes.iter_mut().zip(c) {
+            *l += x;
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
+/// The largest element of `v` (`-inf` when empty), in eight lanes.
+#[inline]
+fn max(v: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for (l, x) in lanes.iter_mut().zip(c) {
+            *l = l.max(*x);
+        }
+    }
+    lanes.iter().copied().fold(rest, f32::max)
+}
+
 /// Rows per rayon task: enough elements per task (about 16k) that scheduling is noise.
 fn rows_per_task(row: usize) -> usize {
     (16_384 / row.max(1)).max(1)
@@ -201,20 +256,14 @@ pub(crate) fn attn_softmax<T: Float>(
                     let (bi, j) = (r / rows_per_batch, (r % rows_per_batch) % t);
                     &m[(bi * t + j) * kv..(bi * t + j + 1) * kv]
                 });
-                let mut max = f32::NEG_INFINITY;
-                for (k, v) in s.iter().enumerate() {
-                    let mut z = v.to_f32() * scale;
-                    if let Some(m) = m {
-                        z += m[k].to_f32();
-                    }
-                    row_buf[k] = z;
-                    max = max.max(z);
+                for ((z, v), k) in row_buf.iter_mut().zip(s).zip(0..) {
+                    *z = v.to_f32() * scale + m.map_or(0.0, |m| m[k].to_f32());
                 }
-                let mut sum = 0f32;
+                let top = max(&row_buf);
                 for z in row_buf.iter_mut() {
-                    *z = (*z - max).exp();
-                    sum += *z;
+                    *z = exp(*z - top);
                 }
+                let sum = sum(&row_buf);
                 let inv = 1.0 / sum;
                 for (o, z) in o.iter_mut().zip(&row_buf) {
                     *o = T::of_f32(z * inv);
@@ -245,16 +294,7 @@ pub(crate) fn attn_softmax_grad<T: Float>(p: &[T], g: &[T], kv: usize, scale: f3
 /// `silu(a) = a · σ(a)`.
 #[inline(always)]
 fn silu(a: f32) -> f32 {
-    a / (1.0 + (-a).exp())
-}
-
-/// Which SwiGLU gradient a pass computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SwigluGrad {
-    /// `g · up · σ(a) · (1 + a · (1 − σ(a)))`.
-    Gate,
-    /// `g · silu(a)`.
-    Up,
+    a / (1.0 + exp(-a))
 }
 
 /// `silu(gate) · up`, element-wise.
@@ -270,25 +310,100 @@ pub(crate) fn swiglu<T: Float>(gate: &[T], up: &[T]) -> Vec<T> {
     out
 }
 
-/// One of the gradients of [`swiglu`], given the output's gradient `g`.
-pub(crate) fn swiglu_grad<T: Float>(gate: &[T], up: &[T], g: &[T], which: SwigluGrad) -> Vec<T> {
-    let mut out = buffer::<T>(gate.len());
-    out.par_chunks_mut(16_384)
+/// Both gradients of [`swiglu`], given the output's gradient `g`, in one pass: `gate`'s
+/// (`g · up · σ(a) · (1 + a · (1 − σ(a)))`) in the first `n` elements, then `up`'s
+/// (`g · silu(a)`).
+pub(crate) fn swiglu_grad<T: Float>(gate: &[T], up: &[T], g: &[T]) -> Vec<T> {
+    let n = gate.len();
+    let mut out = buffer::<T>(2 * n);
+    let (d_gate, d_up) = out.split_at_mut(n);
+    d_gate
+        .par_chunks_mut(16_384)
+        .zip(d_up.par_chunks_mut(16_384))
         .zip(
             gate.par_chunks(16_384)
                 .zip(up.par_chunks(16_384).zip(g.par_chunks(16_384))),
         )
-        .for_each(|(o, (a, (u, g)))| {
-            for (((o, a), u), g) in o.iter_mut().zip(a).zip(u).zip(g) {
+        .for_each(|((dg, du), (a, (u, g)))| {
+            for ((((dg, du), a), u), g) in dg.iter_mut().zip(du).zip(a).zip(u).zip(g) {
                 let (a, u, g) = (a.to_f32(), u.to_f32(), g.to_f32());
-                *o = T::of_f32(match which {
-                    SwigluGrad::Up => g * silu(a),
-                    SwigluGrad::Gate => {
-                        let s = 1.0 / (1.0 + (-a).exp());
-                        g * u * s * (1.0 + a * (1.0 - s))
-                    }
-                });
+                let s = 1.0 / (1.0 + exp(-a));
+                *dg = T::of_f32(g * u * s * (1.0 + a * (1.0 - s)));
+                *du = T::of_f32(g * a * s);
             }
+        });
+    out
+}
+
+/// Per row of `logits [n, vocab]`: the log-probability of the row's target, the entropy of
+/// the row's distribution, and its log-sum-exp, as `[n, 3]` (row-major). `None` when a
+/// target is out of the vocabulary.
+pub(crate) fn picked_log_softmax(
+    logits: &[f32],
+    targets: &[u32],
+    vocab: usize,
+) -> Option<Vec<f32>> {
+    if targets.iter().any(|&t| t as usize >= vocab) {
+        return None;
+    }
+    let mut out = vec![0f32; targets.len() * 3];
+    out.par_chunks_mut(3)
+        .zip(logits.par_chunks(vocab).zip(targets.par_iter()))
+        .for_each(|(o, (z, &target))| {
+            let top = max(z);
+            // Σ e^(z−max) and Σ e^(z−max)·(z−max), in eight lanes: the entropy is
+            // ln S − (Σ e·(z−max)) / S.
+            let (mut sums, mut weighted) = ([0f32; 8], [0f32; 8]);
+            let chunks = z.chunks_exact(8);
+            let (mut sum_rest, mut weighted_rest) = (0f32, 0f32);
+            for &v in chunks.remainder() {
+                let d = v - top;
+                let e = exp(d);
+                sum_rest += e;
+                // A `-inf` logit adds nothing (not 0 · -inf).
+                weighted_rest += if e > 0.0 { e * d } else { 0.0 };
+            }
+            for c in chunks {
+                for ((s, w), &v) in sums.iter_mut().zip(weighted.iter_mut()).zip(c) {
+                    let d = v - top;
+                    let e = exp(d);
+                    *s += e;
+                    *w += if e > 0.0 { e * d } else { 0.0 };
+                }
+            }
+            let sum = sums.iter().sum::<f32>() + sum_rest;
+            let weighted = weighted.iter().sum::<f32>() + weighted_rest;
+            let log_sum = sum.ln();
+            let lse = top + log_sum;
+            o[0] = z[target as usize] - lse;
+            o[1] = log_sum - weighted / sum;
+            o[2] = lse;
+        });
+    Some(out)
+}
+
+/// The gradient of [`picked_log_softmax`] with respect to the logits, from rows `res_g [n, 6]`
+/// that hold the op's output `(pick, H, lse)` and then that output's gradient `(g₀, g₁, g₂)`:
+/// per element, with `p = softmax(z)`, `g₀·(1[j = target] − p) − g₁·p·(ln p + H) + g₂·p`.
+pub(crate) fn picked_log_softmax_grad(
+    logits: &[f32],
+    targets: &[u32],
+    res_g: &[f32],
+    vocab: usize,
+) -> Vec<f32> {
+    let mut out = vec![0f32; logits.len()];
+    out.par_chunks_mut(vocab)
+        .zip(logits.par_chunks(vocab))
+        .zip(targets.par_iter().zip(res_g.par_chunks(6)))
+        .for_each(|((o, z), (&target, rg))| {
+            let (entropy, lse) = (rg[1], rg[2]);
+            let (g_pick, g_entropy, g_lse) = (rg[3], rg[4], rg[5]);
+            for (o, &v) in o.iter_mut().zip(z) {
+                let logp = v - lse;
+                let p = exp(logp);
+                *o = p * (g_lse - g_pick - g_entropy * (logp + entropy));
+            }
+            o[target as usize] += g_pick;
         });
     out
 }

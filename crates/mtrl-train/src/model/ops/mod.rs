@@ -14,6 +14,7 @@
 
 mod cpu;
 pub(crate) mod reference;
+mod set;
 #[cfg(test)]
 mod tests;
 
@@ -21,7 +22,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Sh
 use candle_core::{Result, WithDType, backend::BackendStorage};
 use half::{bf16, f16};
 
-use cpu::SwigluGrad;
+pub(crate) use set::{OpSet, attn_softmax_infer};
 
 /// Whether the fused ops serve these tensors: CPU storage, one float dtype.
 fn fused(tensors: &[&Tensor]) -> bool {
@@ -33,7 +34,7 @@ fn fused(tensors: &[&Tensor]) -> bool {
 }
 
 /// The contiguous elements of a CPU storage under `layout`.
-fn slice<'a, T: cpu::Float>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> Result<&'a [T]> {
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> Result<&'a [T]> {
     let (start, end) = l
         .contiguous_offsets()
         .ok_or(candle_core::Error::RequiresContiguous { op })?;
@@ -473,23 +474,15 @@ impl CustomOp2 for Swiglu {
         _res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = g.contiguous()?;
-        let grad = |which| gate.apply_op3_no_bwd(up, &g, &SwigluGradOp(which));
-        let dgate = if gate.track_op() {
-            Some(grad(SwigluGrad::Gate)?)
-        } else {
-            None
-        };
-        let dup = if up.track_op() {
-            Some(grad(SwigluGrad::Up)?)
-        } else {
-            None
-        };
+        // Both gradients from one pass, stacked: `[2, ..]`.
+        let both = gate.apply_op3_no_bwd(up, &g.contiguous()?, &SwigluGradOp)?;
+        let dgate = gate.track_op().then(|| both.get(0)).transpose()?;
+        let dup = up.track_op().then(|| both.get(1)).transpose()?;
         Ok((dgate, dup))
     }
 }
 
-struct SwigluGradOp(SwigluGrad);
+struct SwigluGradOp;
 
 impl CustomOp3 for SwigluGradOp {
     fn name(&self) -> &'static str {
@@ -508,10 +501,96 @@ impl CustomOp3 for SwigluGradOp {
         let op = self.name();
         let out = with_float!(same_dtype(op, &[s1, s2, s3])?, op, |T| {
             let (a, u, g) = (slice(s1, l1, op)?, slice(s2, l2, op)?, slice(s3, l3, op)?);
-            Ok(T::to_cpu_storage_owned(cpu::swiglu_grad::<T>(
-                a, u, g, self.0,
-            )))
+            Ok(T::to_cpu_storage_owned(cpu::swiglu_grad::<T>(a, u, g)))
         })?;
-        Ok((out, l1.shape().clone()))
+        let mut dims = vec![2];
+        dims.extend_from_slice(l1.shape().dims());
+        Ok((out, Shape::from(dims)))
+    }
+}
+
+/// Per row of `logits [n, vocab]` (f32): the log-probability of the row's target among
+/// `targets [n]` (u32), the entropy of the row's distribution, and its log-sum-exp, as
+/// `[n, 3]`, in one pass over the row instead of a chain of `[n, vocab]` tensors (log-softmax,
+/// gather, and the entropy's product and sum). Backward: one `[n, vocab]` pass.
+pub(crate) fn picked_log_softmax(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (n, _) = logits.dims2()?;
+    if targets.dims1()? != n {
+        candle_core::bail!(
+            "mtrl-picked-log-softmax: {n} rows, {} targets",
+            targets.dims1()?
+        );
+    }
+    let cpu = logits.device().is_cpu() && targets.device().is_cpu();
+    if !cpu || logits.dtype() != DType::F32 || targets.dtype() != DType::U32 {
+        return reference::picked_log_softmax(logits, targets);
+    }
+    logits
+        .contiguous()?
+        .apply_op2(&targets.contiguous()?, PickedLogSoftmax)
+}
+
+struct PickedLogSoftmax;
+
+impl CustomOp2 for PickedLogSoftmax {
+    fn name(&self) -> &'static str {
+        "mtrl-picked-log-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (n, vocab) = l1.shape().dims2()?;
+        let out = cpu::picked_log_softmax(slice(s1, l1, op)?, slice(s2, l2, op)?, vocab)
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!("{op}: a target is out of the vocabulary"))
+            })?;
+        Ok((CpuStorage::F32(out), Shape::from((n, 3))))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let res_g = Tensor::cat(&[res, &g.to_dtype(DType::F32)?], 1)?;
+        let grad = logits.apply_op3_no_bwd(targets, &res_g, &PickedLogSoftmaxGrad)?;
+        Ok((Some(grad), None))
+    }
+}
+
+/// The logits' gradient of [`PickedLogSoftmax`], from the logits, the targets, and the
+/// output beside its gradient (`[n, 6]`).
+struct PickedLogSoftmaxGrad;
+
+impl CustomOp3 for PickedLogSoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "mtrl-picked-log-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (n, vocab) = l1.shape().dims2()?;
+        let (logits, targets, res_g) = (slice(s1, l1, op)?, slice(s2, l2, op)?, slice(s3, l3, op)?);
+        if res_g.len() != n * 6 {
+            candle_core::bail!("{op}: {n} rows, {} output and gradient values", res_g.len());
+        }
+        let out = cpu::picked_log_softmax_grad(logits, targets, res_g, vocab);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

@@ -32,22 +32,38 @@ pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// kv_heads, rep · t, kv]`, `mask [batch, t, kv]`.
 pub(crate) fn attn_softmax(scores: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
     let dtype = scores.dtype();
+    let scores = scale_and_mask(scores, mask, scale)?;
+    candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(dtype)
+}
+
+/// `scores · scale + mask`, the mask `[batch, t, kv]` shared by the `rep` query heads stacked
+/// along time in `scores [batch, kv_heads, rep · t, kv]`.
+pub(crate) fn scale_and_mask(scores: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
     let (b, kvh, rows, kv) = scores.dims4()?;
     let scores = (scores * scale)?;
-    let scores = match mask {
+    match mask {
         Some(m) => {
             let t = m.dim(1)?;
             scores
                 .reshape((b, kvh, rows / t, t, kv))?
                 .broadcast_add(&m.reshape((b, 1, 1, t, kv))?)?
-                .reshape((b, kvh, rows, kv))?
+                .reshape((b, kvh, rows, kv))
         }
-        None => scores,
-    };
-    candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(dtype)
+        None => Ok(scores),
+    }
 }
 
 /// `silu(gate) · up`.
 pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.silu()? * up
+}
+
+/// `[n, 3]`: per row of `logits [n, vocab]`, the log-probability of the row's target among
+/// `targets [n]`, the distribution's entropy, and the log-sum-exp.
+pub(crate) fn picked_log_softmax(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let chosen = logp.gather(&targets.unsqueeze(1)?, 1)?;
+    let entropy = (logp.exp()? * &logp)?.sum_keepdim(1)?.neg()?;
+    let lse = (logits.narrow(1, 0, 1)? - logp.narrow(1, 0, 1)?)?;
+    Tensor::cat(&[chosen, entropy, lse], 1)
 }

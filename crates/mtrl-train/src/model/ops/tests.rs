@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::{attn_softmax, linear, reference, rms_norm, rope, swiglu};
+use super::{attn_softmax, linear, picked_log_softmax, reference, rms_norm, rope, swiglu};
 
 /// Deterministic values in about `[-scale, scale]` (a small LCG: no global RNG in tests).
 fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -229,6 +229,62 @@ fn swiglu_matches_the_reference() {
             |a| reference::swiglu(&a[0], &a[1]),
         );
     }
+}
+
+#[test]
+fn picked_log_softmax_matches_the_reference_with_every_gradient() {
+    // Odd vocabularies, SmolLM2's and Qwen's; sharp and flat distributions; targets at both
+    // ends. The check weights all three outputs, so the entropy's and log-sum-exp's
+    // gradients are tested beside the pick's.
+    for (n, vocab, scale) in [
+        (1, 2, 1.0),
+        (5, 37, 30.0),
+        (3, 49_152, 8.0),
+        (2, 151_936, 4.0),
+    ] {
+        let logits = tensor(&[n, vocab], 14, scale, DType::F32);
+        let ids: Vec<u32> = (0..n as u32)
+            .map(|i| match i % 3 {
+                0 => 0,
+                1 => vocab as u32 - 1,
+                _ => (i * 7919) % vocab as u32,
+            })
+            .collect();
+        let targets = Tensor::from_vec(ids, n, &Device::Cpu).unwrap();
+        check(
+            "picked_log_softmax",
+            &[logits, targets],
+            1,
+            |a| picked_log_softmax(&a[0], &a[1]),
+            |a| reference::picked_log_softmax(&a[0], &a[1]),
+        );
+    }
+}
+
+#[test]
+fn picked_log_softmax_refuses_a_target_outside_the_vocabulary() {
+    let logits = tensor(&[2, 5], 15, 1.0, DType::F32);
+    let targets = Tensor::new(&[1u32, 5], &Device::Cpu).unwrap();
+    let err = picked_log_softmax(&logits, &targets).unwrap_err();
+    assert!(err.to_string().contains("out of the vocabulary"), "{err}");
+    let short = Tensor::new(&[1u32], &Device::Cpu).unwrap();
+    assert!(picked_log_softmax(&logits, &short).is_err());
+}
+
+#[test]
+fn the_kernels_exp_is_within_a_few_ulp_of_libm_and_exact_at_the_edges() {
+    let mut worst = 0f32;
+    for i in -87_000..88_000 {
+        let x = i as f32 / 1000.0 + 0.000_37;
+        let (got, want) = (super::cpu::exp(x), x.exp());
+        worst = worst.max((got - want).abs() / want);
+    }
+    assert!(worst < 4e-7, "relative error {worst}");
+    assert_eq!(super::cpu::exp(0.0), 1.0);
+    assert_eq!(super::cpu::exp(f32::NEG_INFINITY), 0.0);
+    assert_eq!(super::cpu::exp(-1e30), 0.0);
+    assert!(super::cpu::exp(f32::NAN).is_nan());
+    assert!(super::cpu::exp(f32::INFINITY).is_finite());
 }
 
 #[test]
