@@ -190,7 +190,7 @@ fn adamw_keeps_f32_master_weights_for_bf16_parameters() {
         for i in 0..steps {
             if resume_at == Some(i) {
                 // Saved, then restored into a fresh optimiser over the same parameter.
-                let (state, n) = opt.state();
+                let (state, n) = opt.state().unwrap();
                 opt = AdamW::new(vars.clone(), config.clone()).unwrap();
                 opt.restore(state, n).unwrap();
             }
@@ -222,7 +222,7 @@ fn adamw_keeps_f32_master_weights_for_bf16_parameters() {
         .to_dtype(DType::F32)
         .unwrap();
     assert_eq!(got, want.to_vec1::<f32>().unwrap());
-    let (state, _) = opt.state();
+    let (state, _) = opt.state().unwrap();
     let master = state["master/w"].to_vec1::<f32>().unwrap();
     let full = full.to_vec1::<f32>().unwrap();
     assert!(master.iter().zip(&full).all(|(a, b)| (a - b).abs() < 1e-6));

@@ -193,7 +193,7 @@ fn adamw_matches_hand_computed_updates() {
     close(&vec(p.as_tensor()), &want, 1e-5);
     assert_eq!(opt.steps(), 2);
     // State round-trips: a restored optimiser takes the same next step.
-    let (state, steps) = opt.state();
+    let (state, steps) = opt.state().unwrap();
     let q = Var::from_tensor(&p.as_tensor().detach().copy().unwrap()).unwrap();
     let mut twin = AdamW::new(vec![("p".into(), q.clone())], opt.config().clone()).unwrap();
     twin.restore(state, steps).unwrap();

@@ -715,7 +715,7 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
         if let Some(lora) = self.model.lora() {
             lora.save_peft(&dir.join("adapter"), "mtrl")?;
         }
-        let (moments, steps) = self.optimizer.state();
+        let (moments, steps) = self.optimizer.state()?;
         let optimizer = dir.join("optimizer.safetensors");
         candle_core::safetensors::save(&moments, &optimizer)
             .map_err(|e| Error::checkpoint(&optimizer, crate::without_backtrace(e)))?;

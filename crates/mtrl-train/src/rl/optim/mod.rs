@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
+mod cpu;
+
 /// Gradients by parameter name, summed over the micro-batches of a step.
 #[derive(Default)]
 pub struct Grads {
@@ -62,7 +64,10 @@ impl Grads {
     pub fn norm(&self) -> Result<f64, Error> {
         let mut sq = 0f64;
         for g in self.map.values() {
-            sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            sq += match cpu::with_f32(&[g], |s| cpu::sum_squares(s[0])) {
+                Some(v) => v,
+                None => g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64,
+            };
         }
         Ok(sq.sqrt())
     }
@@ -73,7 +78,11 @@ impl Grads {
     /// A candle error.
     pub fn scale(&mut self, factor: f64) -> Result<(), Error> {
         for g in self.map.values_mut() {
-            *g = (&*g * factor)?;
+            let fused = cpu::with_f32(&[g], |s| cpu::scale(s[0], factor as f32));
+            *g = match fused {
+                Some(data) => Tensor::from_vec(data, g.shape(), g.device())?,
+                None => (&*g * factor)?,
+            };
         }
         Ok(())
     }
@@ -150,7 +159,8 @@ impl AdamW {
             .into_iter()
             .map(|(name, var)| {
                 let t = var.as_tensor();
-                let z = t.zeros_like()?.to_dtype(DType::F32)?;
+                // Two allocations: the moments are updated in place.
+                let zeros = || t.zeros_like()?.to_dtype(DType::F32)?.copy();
                 let master = match t.dtype() {
                     DType::F32 => None,
                     _ => Some(t.detach().to_dtype(DType::F32)?),
@@ -158,8 +168,8 @@ impl AdamW {
                 Ok(Slot {
                     name,
                     master,
-                    m: z.clone(),
-                    v: z,
+                    m: zeros()?,
+                    v: zeros()?,
                     var,
                 })
             })
@@ -198,28 +208,35 @@ impl AdamW {
         self.steps += 1;
         let c = &self.config;
         let t = self.steps as i32;
-        let bc1 = 1.0 - c.beta1.powi(t);
-        let bc2 = 1.0 - c.beta2.powi(t);
+        let coefs = cpu::AdamCoefs::new(c, lr, t);
         for slot in &mut self.slots {
             let Some(g) = grads.get(&slot.name) else {
                 continue;
             };
-            slot.m = ((&slot.m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
-            slot.v = ((&slot.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let m_hat = (&slot.m / bc1)?;
-            let v_hat = (&slot.v / bc2)?;
-            let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
             let theta = match &slot.master {
                 Some(m) => m.clone(),
                 None => slot.var.as_tensor().detach(),
             };
-            let decayed = (&theta * (1.0 - lr * c.weight_decay))?;
-            let next = (decayed - (update * lr)?)?;
+            // In place on the CPU; the same operations composed of tensor ops elsewhere.
+            let in_place = cpu::with_f32(&[&theta, g, &slot.m, &slot.v], |_| ()).is_some();
+            let next = if in_place {
+                slot.m.inplace_op2(g, &cpu::Moment::first(&coefs))?;
+                slot.v.inplace_op2(g, &cpu::Moment::second(&coefs))?;
+                theta.inplace_op3(&slot.m, &slot.v, &cpu::Param(coefs))?;
+                theta
+            } else {
+                let (next, m, v) = composed_update(&theta, g, &slot.m, &slot.v, c, lr, t)?;
+                slot.m = m;
+                slot.v = v;
+                next
+            };
             match &mut slot.master {
                 Some(m) => {
                     slot.var.set(&next.to_dtype(slot.var.dtype())?)?;
                     *m = next;
                 }
+                // Updated in place already.
+                None if in_place => {}
                 None => slot.var.set(&next)?,
             }
         }
@@ -227,17 +244,21 @@ impl AdamW {
     }
 
     /// The moments by name (`m/<param>`, `v/<param>`), the master copies of bf16 or f16
-    /// parameters (`master/<param>`) and the step count, for a checkpoint.
-    pub fn state(&self) -> (HashMap<String, Tensor>, u64) {
+    /// parameters (`master/<param>`) and the step count, for a checkpoint: copies, which
+    /// later steps (that update the moments in place) leave as they are.
+    ///
+    /// # Errors
+    /// A candle error.
+    pub fn state(&self) -> Result<(HashMap<String, Tensor>, u64), Error> {
         let mut out = HashMap::new();
         for s in &self.slots {
-            out.insert(format!("m/{}", s.name), s.m.clone());
-            out.insert(format!("v/{}", s.name), s.v.clone());
+            out.insert(format!("m/{}", s.name), s.m.copy()?);
+            out.insert(format!("v/{}", s.name), s.v.copy()?);
             if let Some(m) = &s.master {
-                out.insert(format!("master/{}", s.name), m.clone());
+                out.insert(format!("master/{}", s.name), m.copy()?);
             }
         }
-        (out, self.steps)
+        Ok((out, self.steps))
     }
 
     /// Restores what [`AdamW::state`] saved. A master copy missing from the state (one saved
@@ -263,7 +284,10 @@ impl AdamW {
                     like.dims()
                 )));
             }
-            Ok(Some(t.to_dtype(DType::F32)?.to_device(like.device())?))
+            // A copy of its own: the moments and master copies are updated in place.
+            Ok(Some(
+                t.to_dtype(DType::F32)?.to_device(like.device())?.copy()?,
+            ))
         };
         for s in &mut self.slots {
             for (key, dst) in [("m", &mut s.m), ("v", &mut s.v)] {
@@ -281,6 +305,27 @@ impl AdamW {
         self.steps = steps;
         Ok(())
     }
+}
+
+/// AdamW's update of step `t` composed of tensor ops, for any device and layout: the new
+/// `(theta, m, v)`. The CPU kernel ([`cpu::adamw`]) computes the same, bit for bit.
+fn composed_update(
+    theta: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    c: &AdamWConfig,
+    lr: f64,
+    t: i32,
+) -> Result<(Tensor, Tensor, Tensor), Error> {
+    let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
+    let m = ((m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+    let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+    let m_hat = (&m / bc1)?;
+    let v_hat = (&v / bc2)?;
+    let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
+    let decayed = (theta * (1.0 - lr * c.weight_decay))?;
+    Ok(((decayed - (update * lr)?)?, m, v))
 }
 
 /// How the learning rate decays after warm-up.
@@ -333,5 +378,78 @@ impl Schedule {
                     + (1.0 - min_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::{AdamWConfig, composed_update, cpu};
+
+    fn data(n: usize, seed: u32, scale: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_in_place_adamw_update_equals_the_composed_one_bit_for_bit() {
+        let n = 200_003;
+        let c = AdamWConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let dev = Device::Cpu;
+        let tensor = |v: Vec<f32>| Tensor::from_vec(v, n, &dev).unwrap();
+        let (mut theta, mut m, mut v) = (
+            tensor(data(n, 1, 1.0)),
+            tensor(vec![0.0; n]),
+            tensor(vec![0.0; n]),
+        );
+        for t in 1..=3 {
+            let g = tensor(data(n, 10 + t as u32, 0.01 * t as f32));
+            let lr = c.lr / t as f64;
+            let (want_theta, want_m, want_v) =
+                composed_update(&theta, &g, &m, &v, &c, lr, t).unwrap();
+            let coefs = cpu::AdamCoefs::new(&c, lr, t);
+            let (got_theta, got_m, got_v) =
+                (theta.copy().unwrap(), m.copy().unwrap(), v.copy().unwrap());
+            got_m.inplace_op2(&g, &cpu::Moment::first(&coefs)).unwrap();
+            got_v.inplace_op2(&g, &cpu::Moment::second(&coefs)).unwrap();
+            got_theta
+                .inplace_op3(&got_m, &got_v, &cpu::Param(coefs))
+                .unwrap();
+            let bits = |x: &Tensor| {
+                x.to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&got_theta), bits(&want_theta), "theta, step {t}");
+            assert_eq!(bits(&got_m), bits(&want_m), "m, step {t}");
+            assert_eq!(bits(&got_v), bits(&want_v), "v, step {t}");
+            (theta, m, v) = (got_theta, got_m, got_v);
+        }
+    }
+
+    #[test]
+    fn tensors_the_kernels_cannot_read_are_left_to_the_composed_ops() {
+        let x = Tensor::from_vec(data(12, 3, 1.0), (3, 4), &Device::Cpu).unwrap();
+        assert!(cpu::with_f32(&[&x], |_| ()).is_some());
+        assert!(
+            cpu::with_f32(&[&x.t().unwrap()], |_| ()).is_none(),
+            "strided"
+        );
+        let bf = x.to_dtype(candle_core::DType::BF16).unwrap();
+        assert!(cpu::with_f32(&[&x, &bf], |_| ()).is_none(), "bf16");
     }
 }
