@@ -652,8 +652,8 @@ impl CausalLm {
     /// `x [rows, in] · wᵀ` for a weight `w [out, in]`, plus the LoRA update
     /// `(scale · x·Aᵀ)·Bᵀ` when the projection has an adapter (computed in the adapter's
     /// dtype, f32). Decoding a few rows on the CPU goes through the skinny kernel
-    /// ([`skinny`]), training through the fused projection ([`ops::linear`]), whose backward
-    /// skips frozen weights.
+    /// ([`skinny`]), training through the fused projection ([`ops::linear`], or
+    /// [`ops::lora_linear`] with an adapter), whose backward skips frozen weights.
     fn project(
         &self,
         path: Path,
@@ -661,6 +661,9 @@ impl CausalLm {
         w: &Tensor,
         adapter: Option<&Adapter>,
     ) -> Result<Tensor, Error> {
+        if let (Path::Train, ops::OpSet::Fused, Some(a)) = (path, self.ops, adapter) {
+            return Ok(ops::lora_linear(x, w, &a.a, &a.b, a.scale)?);
+        }
         let y = match path {
             Path::Infer => match skinny::matmul_t(x, w)? {
                 Some(y) => y,
@@ -671,9 +674,7 @@ impl CausalLm {
         Ok(match adapter {
             None => y,
             Some(a) => {
-                // The scale applies to the rank-wide product, the smallest tensor of the chain.
-                let low = (x.to_dtype(a.a.dtype())?.matmul(&a.a.t()?)? * a.scale)?;
-                let delta = low.matmul(&a.b.t()?)?.to_dtype(y.dtype())?;
+                let delta = ops::reference::lora_delta(x, &a.a, &a.b, a.scale, y.dtype())?;
                 (y + delta)?
             }
         })

@@ -13,6 +13,7 @@
 //! on it). Every op computes in f32 whatever the storage dtype, and returns the input's dtype.
 
 mod cpu;
+mod lora_linear;
 pub(crate) mod reference;
 mod set;
 #[cfg(test)]
@@ -22,6 +23,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Sh
 use candle_core::{Result, WithDType, backend::BackendStorage};
 use half::{bf16, f16};
 
+pub(crate) use lora_linear::lora_linear;
 pub(crate) use set::{OpSet, attn_softmax_infer};
 
 /// Whether the fused ops serve these tensors: CPU storage, one float dtype.

@@ -67,3 +67,17 @@ pub(crate) fn picked_log_softmax(logits: &Tensor, targets: &Tensor) -> Result<Te
     let lse = (logits.narrow(1, 0, 1)? - logp.narrow(1, 0, 1)?)?;
     Tensor::cat(&[chosen, entropy, lse], 1)
 }
+
+/// LoRA's update `(scale · x · aᵀ) · bᵀ`, computed in the adapter's dtype and returned in
+/// `dtype`.
+pub(crate) fn lora_delta(
+    x: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    dtype: DType,
+) -> Result<Tensor> {
+    // The scale applies to the rank-wide product, the smallest tensor of the chain.
+    let low = (x.to_dtype(a.dtype())?.matmul(&a.t()?)? * scale)?;
+    low.matmul(&b.t()?)?.to_dtype(dtype)
+}

@@ -3,7 +3,9 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::{attn_softmax, linear, picked_log_softmax, reference, rms_norm, rope, swiglu};
+use super::{
+    attn_softmax, linear, lora_linear, picked_log_softmax, reference, rms_norm, rope, swiglu,
+};
 
 /// Deterministic values in about `[-scale, scale]` (a small LCG: no global RNG in tests).
 fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -116,6 +118,29 @@ fn linear_matches_the_reference_and_skips_frozen_weights() {
             .unwrap();
         assert!(grads.get(xv.as_tensor()).is_some());
         assert!(grads.get(&frozen).is_none(), "{dtype:?}");
+    }
+}
+
+#[test]
+fn lora_linear_matches_the_composed_projection_and_adapter() {
+    // f32 takes the fused op; bf16 (f32 adapters) the composed fallback.
+    for dtype in DTYPES {
+        for (rows, k, out, r) in [(1, 5, 3, 1), (7, 13, 11, 4), (33, 64, 96, 8)] {
+            let x = tensor(&[rows, k], 16, 1.0, dtype);
+            let a = tensor(&[r, k], 17, 0.5, DType::F32);
+            let b = tensor(&[out, r], 18, 0.5, DType::F32);
+            let w = tensor(&[out, k], 19, 0.5, dtype);
+            check(
+                "lora_linear",
+                &[x, a, b, w],
+                3,
+                |t| lora_linear(&t[0], &t[3], &t[1], &t[2], 2.0),
+                |t| {
+                    let y = reference::linear(&t[0], &t[3])?;
+                    y.clone() + reference::lora_delta(&t[0], &t[1], &t[2], 2.0, y.dtype())?
+                },
+            );
+        }
     }
 }
 
