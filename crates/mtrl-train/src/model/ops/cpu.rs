@@ -55,7 +55,8 @@ pub(crate) fn exp(x: f32) -> f32 {
     // 1.5 · 2²³: adding and subtracting it rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(LOW, 88.0);
-    let k = (xc * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = xc * std::f32::consts::LOG2_E + ROUND;
+    let k = shifted - ROUND;
     let r = xc - k * 0.693_359_4 - k * -2.121_944_4e-4;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -64,7 +65,10 @@ pub(crate) fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((k as i32 + 127) << 23) as u32);
+    // 2^k from the integer in the low bits of `shifted` (integer ops, no float-to-int
+    // conversion): k + 127 as the exponent.
+    let k_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(k_bits.wrapping_add(127) << 23);
     if x < LOW { 0.0 } else { y * scale }
 }
 
@@ -100,6 +104,13 @@ fn max(v: &[f32]) -> f32 {
     lanes.iter().copied().fold(rest, f32::max)
 }
 
+/// Runs a task's loop compiled for the widest SIMD instructions this CPU has (AVX-512, AVX2,
+/// NEON, or none), chosen at run time: the loops vectorise to that width.
+#[inline(always)]
+fn simd<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
+
 /// Rows per rayon task: enough elements per task (about 16k) that scheduling is noise.
 fn rows_per_task(row: usize) -> usize {
     (16_384 / row.max(1)).max(1)
@@ -131,12 +142,14 @@ pub(crate) fn rms_norm<T: Float>(x: &[T], w: &[T], eps: f32) -> Vec<T> {
     out.par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk))
         .for_each(|(o, x)| {
-            for (o, x) in o.chunks_mut(h).zip(x.chunks(h)) {
-                let r = inv_rms(x, eps);
-                for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
-                    *o = T::of_f32(x.to_f32() * r * w.to_f32());
+            simd(|| {
+                for (o, x) in o.chunks_mut(h).zip(x.chunks(h)) {
+                    let r = inv_rms(x, eps);
+                    for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
+                        *o = T::of_f32(x.to_f32() * r * w.to_f32());
+                    }
                 }
-            }
+            })
         });
     out
 }
@@ -150,20 +163,22 @@ pub(crate) fn rms_norm_grad_x<T: Float>(x: &[T], w: &[T], g: &[T], eps: f32) -> 
     out.par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
         .for_each(|(o, (x, g))| {
-            for ((o, x), g) in o.chunks_mut(h).zip(x.chunks(h)).zip(g.chunks(h)) {
-                let r = inv_rms(x, eps);
-                let dot: f32 = x
-                    .iter()
-                    .zip(g)
-                    .zip(w)
-                    .map(|((x, g), w)| g.to_f32() * w.to_f32() * x.to_f32() * r)
-                    .sum();
-                let mean = dot / h as f32;
-                for (((o, x), g), w) in o.iter_mut().zip(x).zip(g).zip(w) {
-                    let xhat = x.to_f32() * r;
-                    *o = T::of_f32(r * (g.to_f32() * w.to_f32() - xhat * mean));
+            simd(|| {
+                for ((o, x), g) in o.chunks_mut(h).zip(x.chunks(h)).zip(g.chunks(h)) {
+                    let r = inv_rms(x, eps);
+                    let dot: f32 = x
+                        .iter()
+                        .zip(g)
+                        .zip(w)
+                        .map(|((x, g), w)| g.to_f32() * w.to_f32() * x.to_f32() * r)
+                        .sum();
+                    let mean = dot / h as f32;
+                    for (((o, x), g), w) in o.iter_mut().zip(x).zip(g).zip(w) {
+                        let xhat = x.to_f32() * r;
+                        *o = T::of_f32(r * (g.to_f32() * w.to_f32() - xhat * mean));
+                    }
                 }
-            }
+            })
         });
     out
 }
@@ -213,21 +228,23 @@ pub(crate) fn rope<T: Float>(
         .zip(x.par_chunks(t * hd))
         .enumerate()
         .for_each(|(bh, (o, x))| {
-            let bi = bh / heads;
-            debug_assert!(bi < b);
-            for j in 0..t {
-                let tab = (bi * t + j) * half;
-                let (c, s) = (&cos[tab..tab + half], &sin[tab..tab + half]);
-                let (x, o) = (&x[j * hd..(j + 1) * hd], &mut o[j * hd..(j + 1) * hd]);
-                let (x1, x2) = x.split_at(half);
-                let (o1, o2) = o.split_at_mut(half);
-                for i in 0..half {
-                    let (c, s) = (c[i].to_f32(), sign * s[i].to_f32());
-                    let (a, bb) = (x1[i].to_f32(), x2[i].to_f32());
-                    o1[i] = T::of_f32(a * c - bb * s);
-                    o2[i] = T::of_f32(bb * c + a * s);
+            simd(|| {
+                let bi = bh / heads;
+                debug_assert!(bi < b);
+                for j in 0..t {
+                    let tab = (bi * t + j) * half;
+                    let (c, s) = (&cos[tab..tab + half], &sin[tab..tab + half]);
+                    let (x, o) = (&x[j * hd..(j + 1) * hd], &mut o[j * hd..(j + 1) * hd]);
+                    let (x1, x2) = x.split_at(half);
+                    let (o1, o2) = o.split_at_mut(half);
+                    for i in 0..half {
+                        let (c, s) = (c[i].to_f32(), sign * s[i].to_f32());
+                        let (a, bb) = (x1[i].to_f32(), x2[i].to_f32());
+                        o1[i] = T::of_f32(a * c - bb * s);
+                        o2[i] = T::of_f32(bb * c + a * s);
+                    }
                 }
-            }
+            })
         });
     out
 }
@@ -249,26 +266,28 @@ pub(crate) fn attn_softmax<T: Float>(
         .zip(scores.par_chunks(per * kv))
         .enumerate()
         .for_each(|(task, (o, s))| {
-            let mut row_buf = vec![0f32; kv];
-            for (i, (o, s)) in o.chunks_mut(kv).zip(s.chunks(kv)).enumerate() {
-                let r = task * per + i;
-                let m = mask.map(|m| {
-                    let (bi, j) = (r / rows_per_batch, (r % rows_per_batch) % t);
-                    &m[(bi * t + j) * kv..(bi * t + j + 1) * kv]
-                });
-                for ((z, v), k) in row_buf.iter_mut().zip(s).zip(0..) {
-                    *z = v.to_f32() * scale + m.map_or(0.0, |m| m[k].to_f32());
+            simd(|| {
+                let mut row_buf = vec![0f32; kv];
+                for (i, (o, s)) in o.chunks_mut(kv).zip(s.chunks(kv)).enumerate() {
+                    let r = task * per + i;
+                    let m = mask.map(|m| {
+                        let (bi, j) = (r / rows_per_batch, (r % rows_per_batch) % t);
+                        &m[(bi * t + j) * kv..(bi * t + j + 1) * kv]
+                    });
+                    for ((z, v), k) in row_buf.iter_mut().zip(s).zip(0..) {
+                        *z = v.to_f32() * scale + m.map_or(0.0, |m| m[k].to_f32());
+                    }
+                    let top = max(&row_buf);
+                    for z in row_buf.iter_mut() {
+                        *z = exp(*z - top);
+                    }
+                    let sum = sum(&row_buf);
+                    let inv = 1.0 / sum;
+                    for (o, z) in o.iter_mut().zip(&row_buf) {
+                        *o = T::of_f32(z * inv);
+                    }
                 }
-                let top = max(&row_buf);
-                for z in row_buf.iter_mut() {
-                    *z = exp(*z - top);
-                }
-                let sum = sum(&row_buf);
-                let inv = 1.0 / sum;
-                for (o, z) in o.iter_mut().zip(&row_buf) {
-                    *o = T::of_f32(z * inv);
-                }
-            }
+            })
         });
     out
 }
@@ -281,12 +300,14 @@ pub(crate) fn attn_softmax_grad<T: Float>(p: &[T], g: &[T], kv: usize, scale: f3
     out.par_chunks_mut(chunk)
         .zip(p.par_chunks(chunk).zip(g.par_chunks(chunk)))
         .for_each(|(o, (p, g))| {
-            for ((o, p), g) in o.chunks_mut(kv).zip(p.chunks(kv)).zip(g.chunks(kv)) {
-                let dot: f32 = p.iter().zip(g).map(|(p, g)| p.to_f32() * g.to_f32()).sum();
-                for ((o, p), g) in o.iter_mut().zip(p).zip(g) {
-                    *o = T::of_f32(scale * p.to_f32() * (g.to_f32() - dot));
+            simd(|| {
+                for ((o, p), g) in o.chunks_mut(kv).zip(p.chunks(kv)).zip(g.chunks(kv)) {
+                    let dot: f32 = p.iter().zip(g).map(|(p, g)| p.to_f32() * g.to_f32()).sum();
+                    for ((o, p), g) in o.iter_mut().zip(p).zip(g) {
+                        *o = T::of_f32(scale * p.to_f32() * (g.to_f32() - dot));
+                    }
                 }
-            }
+            })
         });
     out
 }
@@ -303,9 +324,11 @@ pub(crate) fn swiglu<T: Float>(gate: &[T], up: &[T]) -> Vec<T> {
     out.par_chunks_mut(16_384)
         .zip(gate.par_chunks(16_384).zip(up.par_chunks(16_384)))
         .for_each(|(o, (a, u))| {
-            for ((o, a), u) in o.iter_mut().zip(a).zip(u) {
-                *o = T::of_f32(silu(a.to_f32()) * u.to_f32());
-            }
+            simd(|| {
+                for ((o, a), u) in o.iter_mut().zip(a).zip(u) {
+                    *o = T::of_f32(silu(a.to_f32()) * u.to_f32());
+                }
+            })
         });
     out
 }
@@ -325,12 +348,14 @@ pub(crate) fn swiglu_grad<T: Float>(gate: &[T], up: &[T], g: &[T]) -> Vec<T> {
                 .zip(up.par_chunks(16_384).zip(g.par_chunks(16_384))),
         )
         .for_each(|((dg, du), (a, (u, g)))| {
-            for ((((dg, du), a), u), g) in dg.iter_mut().zip(du).zip(a).zip(u).zip(g) {
-                let (a, u, g) = (a.to_f32(), u.to_f32(), g.to_f32());
-                let s = 1.0 / (1.0 + exp(-a));
-                *dg = T::of_f32(g * u * s * (1.0 + a * (1.0 - s)));
-                *du = T::of_f32(g * a * s);
-            }
+            simd(|| {
+                for ((((dg, du), a), u), g) in dg.iter_mut().zip(du).zip(a).zip(u).zip(g) {
+                    let (a, u, g) = (a.to_f32(), u.to_f32(), g.to_f32());
+                    let s = 1.0 / (1.0 + exp(-a));
+                    *dg = T::of_f32(g * u * s * (1.0 + a * (1.0 - s)));
+                    *du = T::of_f32(g * a * s);
+                }
+            })
         });
     out
 }
@@ -350,34 +375,36 @@ pub(crate) fn picked_log_softmax(
     out.par_chunks_mut(3)
         .zip(logits.par_chunks(vocab).zip(targets.par_iter()))
         .for_each(|(o, (z, &target))| {
-            let top = max(z);
-            // Σ e^(z−max) and Σ e^(z−max)·(z−max), in eight lanes: the entropy is
-            // ln S − (Σ e·(z−max)) / S.
-            let (mut sums, mut weighted) = ([0f32; 8], [0f32; 8]);
-            let chunks = z.chunks_exact(8);
-            let (mut sum_rest, mut weighted_rest) = (0f32, 0f32);
-            for &v in chunks.remainder() {
-                let d = v - top;
-                let e = exp(d);
-                sum_rest += e;
-                // A `-inf` logit adds nothing (not 0 · -inf).
-                weighted_rest += if e > 0.0 { e * d } else { 0.0 };
-            }
-            for c in chunks {
-                for ((s, w), &v) in sums.iter_mut().zip(weighted.iter_mut()).zip(c) {
+            simd(|| {
+                let top = max(z);
+                // Σ e^(z−max) and Σ e^(z−max)·(z−max), in eight lanes: the entropy is
+                // ln S − (Σ e·(z−max)) / S.
+                let (mut sums, mut weighted) = ([0f32; 8], [0f32; 8]);
+                let chunks = z.chunks_exact(8);
+                let (mut sum_rest, mut weighted_rest) = (0f32, 0f32);
+                for &v in chunks.remainder() {
                     let d = v - top;
                     let e = exp(d);
-                    *s += e;
-                    *w += if e > 0.0 { e * d } else { 0.0 };
+                    sum_rest += e;
+                    // A `-inf` logit adds nothing (not 0 · -inf).
+                    weighted_rest += if e > 0.0 { e * d } else { 0.0 };
                 }
-            }
-            let sum = sums.iter().sum::<f32>() + sum_rest;
-            let weighted = weighted.iter().sum::<f32>() + weighted_rest;
-            let log_sum = sum.ln();
-            let lse = top + log_sum;
-            o[0] = z[target as usize] - lse;
-            o[1] = log_sum - weighted / sum;
-            o[2] = lse;
+                for c in chunks {
+                    for ((s, w), &v) in sums.iter_mut().zip(weighted.iter_mut()).zip(c) {
+                        let d = v - top;
+                        let e = exp(d);
+                        *s += e;
+                        *w += if e > 0.0 { e * d } else { 0.0 };
+                    }
+                }
+                let sum = sums.iter().sum::<f32>() + sum_rest;
+                let weighted = weighted.iter().sum::<f32>() + weighted_rest;
+                let log_sum = sum.ln();
+                let lse = top + log_sum;
+                o[0] = z[target as usize] - lse;
+                o[1] = log_sum - weighted / sum;
+                o[2] = lse;
+            })
         });
     Some(out)
 }
@@ -396,14 +423,16 @@ pub(crate) fn picked_log_softmax_grad(
         .zip(logits.par_chunks(vocab))
         .zip(targets.par_iter().zip(res_g.par_chunks(6)))
         .for_each(|((o, z), (&target, rg))| {
-            let (entropy, lse) = (rg[1], rg[2]);
-            let (g_pick, g_entropy, g_lse) = (rg[3], rg[4], rg[5]);
-            for (o, &v) in o.iter_mut().zip(z) {
-                let logp = v - lse;
-                let p = exp(logp);
-                *o = p * (g_lse - g_pick - g_entropy * (logp + entropy));
-            }
-            o[target as usize] += g_pick;
+            simd(|| {
+                let (entropy, lse) = (rg[1], rg[2]);
+                let (g_pick, g_entropy, g_lse) = (rg[3], rg[4], rg[5]);
+                for (o, &v) in o.iter_mut().zip(z) {
+                    let logp = v - lse;
+                    let p = exp(logp);
+                    *o = p * (g_lse - g_pick - g_entropy * (logp + entropy));
+                }
+                o[target as usize] += g_pick;
+            })
         });
     out
 }
