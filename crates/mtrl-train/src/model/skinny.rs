@@ -131,7 +131,7 @@ impl WithSimd for Block<'_> {
                     (4, true) => rows_kernel::<S, 4, 4>(simd, t, out),
                     (4, false) => rows_kernel::<S, 4, 2>(simd, t, out),
                     (2, _) => rows_kernel::<S, 2, 4>(simd, t, out),
-                    _ => rows_kernel::<S, 1, 8>(simd, t, out),
+                    _ => one_row_kernel::<S, 4, 2>(simd, t, out),
                 }
             }
             j0 += here;
@@ -222,6 +222,65 @@ fn rows_kernel<S: Simd, const M: usize, const U: usize>(simd: S, t: Tile<'_>, ou
         }
         let at = (out.j0 + j) * out.m + out.r0;
         out.y[at..at + M].copy_from_slice(&sums);
+    }
+}
+
+/// One row of x against `R` weight rows at a time: `R` sequential streams per core instead of
+/// one, so that more of the memory system's bandwidth is in flight (batch-1 decoding reads
+/// every weight once per token and waits on nothing else); `R × U` accumulators. The rows
+/// that do not fill a group of `R` go through [`rows_kernel`].
+#[inline(always)]
+fn one_row_kernel<S: Simd, const R: usize, const U: usize>(simd: S, t: Tile<'_>, out: Out<'_>) {
+    let Tile { xi, x, w, k, body } = t;
+    let (xs, _) = S::as_simd_f32s(xi);
+    let chunks = xs.len();
+    let unrolled = chunks - chunks % U;
+    let n = w.len() / k;
+    let grouped = n - n % R;
+    for j0 in (0..grouped).step_by(R) {
+        let rows: [&[f32]; R] = std::array::from_fn(|i| &w[(j0 + i) * k..(j0 + i + 1) * k]);
+        let wr: [&[S::f32s]; R] = std::array::from_fn(|i| S::as_simd_f32s(&rows[i][..body]).0);
+        let mut acc = [[simd.splat_f32s(0.0); U]; R];
+        let mut c = 0;
+        while c < unrolled {
+            for u in 0..U {
+                let xc = xs[c + u];
+                for i in 0..R {
+                    acc[i][u] = simd.mul_add_e_f32s(xc, wr[i][c + u], acc[i][u]);
+                }
+            }
+            c += U;
+        }
+        for c in unrolled..chunks {
+            for i in 0..R {
+                acc[i][0] = simd.mul_add_e_f32s(xs[c], wr[i][c], acc[i][0]);
+            }
+        }
+        for i in 0..R {
+            let mut a = acc[i][0];
+            for part in &acc[i][1..] {
+                a = simd.add_f32s(a, *part);
+            }
+            let mut sum = simd.reduce_sum_f32s(a);
+            for c in body..k {
+                sum += x[c] * rows[i][c];
+            }
+            out.y[(out.j0 + j0 + i) * out.m + out.r0] = sum;
+        }
+    }
+    if grouped < n {
+        let rest = Tile {
+            xi,
+            x,
+            w: &w[grouped * k..],
+            k,
+            body,
+        };
+        let out = Out {
+            j0: out.j0 + grouped,
+            ..out
+        };
+        rows_kernel::<S, 1, 8>(simd, rest, out);
     }
 }
 
