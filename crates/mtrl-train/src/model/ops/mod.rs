@@ -548,10 +548,17 @@ impl CustomOp2 for PickedLogSoftmax {
     ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
         let (n, vocab) = l1.shape().dims2()?;
-        let out = cpu::picked_log_softmax(slice(s1, l1, op)?, slice(s2, l2, op)?, vocab)
-            .ok_or_else(|| {
-                candle_core::Error::Msg(format!("{op}: a target is out of the vocabulary"))
-            })?;
+        let targets: &[u32] = slice(s2, l2, op)?;
+        let out = cpu::picked_log_softmax(slice(s1, l1, op)?, targets, vocab).ok_or_else(|| {
+            let (row, target) = targets
+                .iter()
+                .enumerate()
+                .find(|(_, t)| **t as usize >= vocab)
+                .map_or((0, 0), |(r, t)| (r, *t));
+            candle_core::Error::Msg(format!(
+                "{op}: target {target} of row {row} is out of the vocabulary of {vocab}"
+            ))
+        })?;
         Ok((CpuStorage::F32(out), Shape::from((n, 3))))
     }
 

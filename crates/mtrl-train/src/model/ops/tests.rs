@@ -292,6 +292,7 @@ fn picked_log_softmax_refuses_a_target_outside_the_vocabulary() {
     let targets = Tensor::new(&[1u32, 5], &Device::Cpu).unwrap();
     let err = picked_log_softmax(&logits, &targets).unwrap_err();
     assert!(err.to_string().contains("out of the vocabulary"), "{err}");
+    assert!(err.to_string().contains("target 5 of row 1"), "{err}");
     let short = Tensor::new(&[1u32], &Device::Cpu).unwrap();
     assert!(picked_log_softmax(&logits, &short).is_err());
 }
