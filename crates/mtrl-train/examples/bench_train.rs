@@ -8,7 +8,7 @@
 //! [--steps N] [--checkpointing] [--lora-only]`
 //! (`--random`: random weights of SmolLM2's shape; `--shape qwen2.5-0.5b`: random weights of
 //! Qwen2.5-0.5B's shape; `--dtype`: the compute precision, `auto` = bf16 on CUDA and f32 on
-//! the CPU; `--checkpointing`: activation checkpointing, [`CausalLm::checkpointed_grads`];
+//! the CPU; `--checkpointing`: activation checkpointing ([`CausalLm::grads`]);
 //! `--lora-only`: skip full fine-tuning, so that the peak memory reported is LoRA's; CUDA:
 //! build with `--features cuda`.) On Linux the figures include the process's peak resident
 //! memory (host memory: sample `nvidia-smi` for the GPU's).
@@ -83,16 +83,11 @@ fn time_steps(
     for i in 0..=steps {
         let t = Instant::now();
         let mut grads = Grads::new();
-        if checkpointing {
-            let ((), store) =
-                model.checkpointed_grads(ids, at, |lp, _| Ok((Some(lp.neg()?.mean_all()?), ())))?;
-            if let Some(store) = store {
-                grads.add(&store, &vars)?;
-            }
-        } else {
-            let (lp, _) = model.next_token_logprobs(ids, at)?;
-            let loss = lp.neg()?.mean_all()?;
-            grads.add(&loss.backward()?, &vars)?;
+        let ((), store) = model.grads(ids, at, checkpointing, |lp, _| {
+            Ok((Some(lp.neg()?.mean_all()?), ()))
+        })?;
+        if let Some(store) = store {
+            grads.add(&store, &vars)?;
         }
         grads.clip(1.0)?;
         opt.step(&grads, 1e-5)?;

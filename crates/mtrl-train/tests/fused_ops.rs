@@ -51,14 +51,37 @@ fn model(c: &ModelConfig, lora: bool, dtype: DType, reference: bool) -> CausalLm
     m.with_reference_ops(reference)
 }
 
+/// How the gradients are taken.
+#[derive(Debug, Clone, Copy)]
+enum How {
+    /// `backward()` on [`CausalLm::next_token_logprobs`]: candle's autograd.
+    Autograd,
+    /// [`CausalLm::grads`], without or with activation checkpointing: on the fused ops, the
+    /// hand-written backward pass.
+    Grads { checkpointing: bool },
+}
+
 /// Logprobs at every position and the gradients of their mean, by trainable name.
-fn logprobs_and_grads(m: &CausalLm, ids: &Tensor) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
+fn logprobs_and_grads(m: &CausalLm, ids: &Tensor, how: How) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
     let (b, t) = ids.dims2().unwrap();
     let at: Vec<(usize, usize)> = (0..b)
         .flat_map(|r| (0..t - 1).map(move |p| (r, p)))
         .collect();
-    let (lp, _) = m.next_token_logprobs(ids, &at).unwrap();
-    let grads = lp.mean_all().unwrap().backward().unwrap();
+    let (lp, grads) = match how {
+        How::Autograd => {
+            let (lp, _) = m.next_token_logprobs(ids, &at).unwrap();
+            let grads = lp.mean_all().unwrap().backward().unwrap();
+            (lp, grads)
+        }
+        How::Grads { checkpointing } => {
+            let (lp, grads) = m
+                .grads(ids, &at, checkpointing, |lp, _| {
+                    Ok((Some(lp.mean_all()?), lp.detach()))
+                })
+                .unwrap();
+            (lp, grads.unwrap())
+        }
+    };
     let flat = |t: &Tensor| -> Vec<f32> {
         t.to_dtype(DType::F32)
             .unwrap()
@@ -111,11 +134,22 @@ fn fused_and_reference_ops_give_the_same_logprobs_and_gradients() {
                 // bf16 rounds each op's output once in the fused ops and up to three times
                 // in the reference, and the differences compound through the layers.
                 let tol = if dtype == DType::F32 { 1e-4 } else { 6e-2 };
-                for lora in [true, false] {
-                    let what = format!("{arch:?} {heads}/{kv_heads} {dtype:?} lora={lora}");
-                    let (lp, grads) = logprobs_and_grads(&model(&c, lora, dtype, false), &ids);
+                for (lora, how) in [true, false].into_iter().flat_map(|lora| {
+                    [
+                        How::Autograd,
+                        How::Grads {
+                            checkpointing: false,
+                        },
+                        How::Grads {
+                            checkpointing: true,
+                        },
+                    ]
+                    .map(|how| (lora, how))
+                }) {
+                    let what = format!("{arch:?} {heads}/{kv_heads} {dtype:?} lora={lora} {how:?}");
+                    let (lp, grads) = logprobs_and_grads(&model(&c, lora, dtype, false), &ids, how);
                     let (lp_ref, grads_ref) =
-                        logprobs_and_grads(&model(&c, lora, dtype, true), &ids);
+                        logprobs_and_grads(&model(&c, lora, dtype, true), &ids, How::Autograd);
                     let d = rel(&lp, &lp_ref);
                     assert!(d <= tol, "{what}: logprobs differ by {d}");
                     assert_eq!(grads.len(), grads_ref.len());

@@ -15,6 +15,7 @@
 //! dtype, RMS norms, attention softmax and log-softmax run in f32, logits come out in f32, and
 //! LoRA adapters stay in f32; the same code runs on the CPU and on CUDA.
 
+mod backward;
 mod cache;
 mod config;
 mod load;
@@ -443,24 +444,21 @@ impl CausalLm {
         Ok(out)
     }
 
-    /// The gradients of a loss of [`CausalLm::next_token_logprobs`], with activation
-    /// checkpointing: the forward pass keeps only each layer's input, and the backward pass
-    /// recomputes one layer at a time, so memory holds one layer's activations instead of
-    /// all of them (what lets a 4,000-token SOP prompt train on a CPU). `loss` receives the
-    /// logprobs and entropies and returns the scalar to differentiate (or `None` to skip the
-    /// backward pass, for example when it is not finite) with anything it wants returned.
-    /// The gradients, of the trainable parameters ([`CausalLm::trainable`]) only, equal those
-    /// of `loss.backward()` on [`CausalLm::next_token_logprobs`] up to rounding; `None` when
-    /// the backward pass was skipped.
-    ///
-    /// # Errors
-    /// As [`CausalLm::next_token_logprobs`], or the error of `loss`.
-    pub fn checkpointed_grads<T>(
+    /// [`CausalLm::grads`] on candle's autograd over the whole model: for the reference ops
+    /// and devices without the fused ops' gradient kernels.
+    fn autograd_grads<T>(
         &self,
         ids: &Tensor,
         at: &[(usize, usize)],
+        checkpointing: bool,
         loss: impl FnOnce(&Tensor, &Tensor) -> Result<(Option<Tensor>, T), Error>,
     ) -> Result<(T, Option<GradStore>), Error> {
+        if !checkpointing {
+            let (lp, entropy) = self.next_token_logprobs(ids, at)?;
+            let (scalar, out) = loss(&lp, &entropy)?;
+            let store = scalar.map(|s| s.backward()).transpose()?;
+            return Ok((out, store));
+        }
         let picks = self.picks(ids, at)?;
         let (b, t) = ids.dims2()?;
         let w = &self.train;
@@ -574,6 +572,25 @@ impl CausalLm {
         mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor, Error> {
+        Ok(self
+            .layer_parts(path, w, x, cos, sin, mask, cache, false)?
+            .0)
+    }
+
+    /// One decoder layer; with `save`, also the activations that its backward pass reads
+    /// ([`backward::Saved`]).
+    #[allow(clippy::too_many_arguments)]
+    fn layer_parts(
+        &self,
+        path: Path,
+        w: &Layer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<(&mut KvCache, usize)>,
+        save: bool,
+    ) -> Result<(Tensor, Option<backward::Saved>), Error> {
         let c = &self.config;
         let (b, t, h) = x.dims3()?;
         let (nh, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
@@ -594,7 +611,9 @@ impl CausalLm {
         let mut q = proj(&w.q, Module::Q, &w.q_bias, nh)?;
         let mut k = proj(&w.k, Module::K, &w.k_bias, kvh)?;
         let v = proj(&w.v, Module::V, &w.v_bias, kvh)?;
+        let mut pre_norm = None;
         if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+            pre_norm = Some((q.clone(), k.clone()));
             q = self.norm(path, &q, qn)?;
             k = self.norm(path, &k, kn)?;
         }
@@ -619,17 +638,33 @@ impl CausalLm {
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b * t, nh * hd))?;
-        let x = (x + self
+        let x_mid = (x + self
             .project(path, &attn, &w.o, ad(Module::O))?
             .reshape((b, t, h))?)?;
-        let hn = self.norm(path, &x, &w.mlp_norm)?.reshape((b * t, h))?;
-        let gate = self.project(path, &hn, &w.gate, ad(Module::Gate))?;
-        let up = self.project(path, &hn, &w.up, ad(Module::Up))?;
+        let hn2 = self.norm(path, &x_mid, &w.mlp_norm)?.reshape((b * t, h))?;
+        let gate = self.project(path, &hn2, &w.gate, ad(Module::Gate))?;
+        let up = self.project(path, &hn2, &w.up, ad(Module::Up))?;
         let act = self.ops.swiglu(&gate, &up)?;
         let mlp = self
             .project(path, &act, &w.down, ad(Module::Down))?
             .reshape((b, t, h))?;
-        Ok((x + mlp)?)
+        let y = (&x_mid + mlp)?;
+        let saved = save.then(|| backward::Saved {
+            x: x.clone(),
+            hn1: hn,
+            pre_norm,
+            q,
+            k,
+            v,
+            probs,
+            attn,
+            x_mid,
+            hn2,
+            gate,
+            up,
+            act,
+        });
+        Ok((y, saved))
     }
 
     fn norm(&self, path: Path, x: &Tensor, w: &Tensor) -> Result<Tensor, Error> {

@@ -65,7 +65,7 @@ pub struct TrainConfig {
     /// Episodes rolled out at once.
     pub concurrency: usize,
     /// Activation checkpointing in the gradient passes: keep only each layer's input and
-    /// recompute the layer during the backward pass ([`CausalLm::checkpointed_grads`]). Memory
+    /// recompute the layer during the backward pass ([`CausalLm::grads`]). Memory
     /// then holds one layer's activations instead of every layer's, at the cost of a second
     /// forward pass: what long SOP prompts need.
     pub activation_checkpointing: bool,
@@ -927,21 +927,10 @@ fn update(
             };
             let finite_loss =
                 |out: &LossOutput| out.stats.get("loss").is_some_and(|l| l.is_finite());
-            let (out, store) = if plan.checkpointing {
-                model.checkpointed_grads(&m.ids, &m.at, |lp, entropy| {
-                    let out = loss_of(lp, entropy)?;
-                    Ok((finite_loss(&out).then(|| out.loss.clone()), out))
-                })?
-            } else {
-                let (lp, entropy) = model.next_token_logprobs(&m.ids, &m.at)?;
-                let out = loss_of(&lp, &entropy)?;
-                let store = if finite_loss(&out) {
-                    Some(out.loss.backward()?)
-                } else {
-                    None
-                };
-                (out, store)
-            };
+            let (out, store) = model.grads(&m.ids, &m.at, plan.checkpointing, |lp, entropy| {
+                let out = loss_of(lp, entropy)?;
+                Ok((finite_loss(&out).then(|| out.loss.clone()), out))
+            })?;
             for (k, v) in &out.stats {
                 // Max-like statistics keep their maximum; the rest add up over micro-batches.
                 let e = stats.stats.entry(k.clone()).or_insert(0.0);

@@ -12,6 +12,7 @@
 //! ([`CausalLm::with_reference_ops`](super::CausalLm::with_reference_ops) runs a whole model
 //! on it). Every op computes in f32 whatever the storage dtype, and returns the input's dtype.
 
+pub(crate) mod backward;
 mod cpu;
 mod lora_linear;
 pub(crate) mod reference;
