@@ -96,30 +96,39 @@ impl CausalLm {
         checkpointing: bool,
         loss: impl FnOnce(&Tensor, &Tensor) -> Result<(Option<Tensor>, T), Error>,
     ) -> Result<(T, Option<GradStore>), Error> {
-        if !self.manual_backward() {
-            return self.autograd_grads(ids, at, checkpointing, loss);
+        let manual = self.manual_backward();
+        if !manual && !checkpointing {
+            let (lp, entropy) = self.next_token_logprobs(ids, at)?;
+            let (scalar, out) = loss(&lp, &entropy)?;
+            let store = scalar.map(|s| s.backward()).transpose()?;
+            return Ok((out, store));
         }
         let picks = self.picks(ids, at)?;
         let (b, t) = ids.dims2()?;
-        let (frozen, keys) = (&self.infer, &self.train);
+        // The hand-written pass computes on detached weights and keys the gradients by the
+        // tracked ones; candle's autograd computes on the tracked ones.
+        let keys = &self.train;
+        let forward = if manual { &self.infer } else { keys };
         let (positions, mask) = self.train_positions(b, t)?;
         let (cos, sin) = self.rope_tables(&positions, b, t)?;
         let layer = |l: usize, x: &Tensor, save: bool| {
-            let w = &frozen.layers[l];
+            let w = &forward.layers[l];
             self.layer_parts(Path::Train, w, x, &cos, &sin, mask.as_ref(), None, save)
         };
-        // Forward on detached weights: no graph is recorded below the top.
-        let mut inputs = Vec::with_capacity(frozen.layers.len());
-        let mut saved = Vec::with_capacity(frozen.layers.len());
-        let mut x = self.embed(frozen, ids)?;
-        for l in 0..frozen.layers.len() {
-            let (y, s) = layer(l, &x, !checkpointing)?;
-            if checkpointing {
-                inputs.push(x);
-            } else {
+        // Forward: each layer's activations (the hand-written pass without checkpointing), or
+        // only its input, detached (the graph of each layer is dropped at once).
+        let keep_all = manual && !checkpointing;
+        let mut inputs = Vec::with_capacity(forward.layers.len());
+        let mut saved = Vec::with_capacity(forward.layers.len());
+        let mut x = self.embed(forward, ids)?.detach();
+        for l in 0..forward.layers.len() {
+            let (y, s) = layer(l, &x, keep_all)?;
+            if keep_all {
                 saved.push(s);
+            } else {
+                inputs.push(x);
             }
-            x = y;
+            x = y.detach();
         }
         let top = Var::from_tensor(&x)?;
         let normed = self.norm(Path::Train, top.as_tensor(), &keys.norm)?;
@@ -128,18 +137,35 @@ impl CausalLm {
         let Some(scalar) = scalar else {
             return Ok((out, None));
         };
+        // Each autograd store also holds the gradients of everything it met (the attention
+        // mask's, as large as the attention scores): only the parameters' are kept, summed.
+        let trainable = self.trainable();
+        let mut total = GradStore::default();
+        let keep = |total: &mut GradStore, store: &mut GradStore| -> Result<(), Error> {
+            for (_, var) in &trainable {
+                if let Some(g) = store.remove(var.as_tensor()) {
+                    accumulate(total, var.as_tensor(), g)?;
+                }
+            }
+            Ok(())
+        };
         let mut store = scalar.backward()?;
         let mut upstream = store.remove(top.as_tensor());
-        // The top's store also holds the gradients of everything it met: keep the parameters'.
-        let mut total = GradStore::default();
-        for (_, var) in self.trainable() {
-            if let Some(g) = store.remove(var.as_tensor()) {
-                accumulate(&mut total, var.as_tensor(), g)?;
-            }
-        }
+        keep(&mut total, &mut store)?;
         drop(store);
-        for l in (0..frozen.layers.len()).rev() {
+        // Backward, one layer at a time.
+        for l in (0..forward.layers.len()).rev() {
             let Some(g) = upstream else { break };
+            if !manual {
+                // Recompute the layer from its input and pull the gradient arriving at its
+                // output through it (d/dθ of Σ y·g is g's pull-back).
+                let xv = Var::from_tensor(&inputs[l])?;
+                let (y, _) = layer(l, xv.as_tensor(), false)?;
+                let mut store = (y * g)?.sum_all()?.backward()?;
+                upstream = store.remove(xv.as_tensor());
+                keep(&mut total, &mut store)?;
+                continue;
+            }
             let s = match saved.pop().flatten() {
                 Some(s) => s,
                 None => match layer(l, &inputs[l], true)?.1 {
@@ -147,10 +173,11 @@ impl CausalLm {
                     None => return Err(Error::Weights("a layer kept no activations".into())),
                 },
             };
-            let (w, k) = (&frozen.layers[l], &keys.layers[l]);
+            let (w, k) = (&forward.layers[l], &keys.layers[l]);
             upstream = Some(self.layer_backward(w, k, &s, &g, &cos, &sin, &mut total)?);
         }
         if let (Some(g), true) = (upstream, keys.embed.is_variable()) {
+            // The embedding's gradient: each row's gradient added into its token's row.
             let (vocab, h) = keys.embed.dims2()?;
             let rows = ids.flatten_all()?;
             let g = g.reshape((b * t, h))?.to_dtype(keys.embed.dtype())?;

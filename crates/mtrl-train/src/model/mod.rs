@@ -25,7 +25,6 @@ mod precision;
 mod skinny;
 mod weights;
 
-use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 
 pub use cache::KvCache;
@@ -442,87 +441,6 @@ impl CausalLm {
             Ok((None, (lp.detach(), entropy.clone())))
         })?;
         Ok(out)
-    }
-
-    /// [`CausalLm::grads`] on candle's autograd over the whole model: for the reference ops
-    /// and devices without the fused ops' gradient kernels.
-    fn autograd_grads<T>(
-        &self,
-        ids: &Tensor,
-        at: &[(usize, usize)],
-        checkpointing: bool,
-        loss: impl FnOnce(&Tensor, &Tensor) -> Result<(Option<Tensor>, T), Error>,
-    ) -> Result<(T, Option<GradStore>), Error> {
-        if !checkpointing {
-            let (lp, entropy) = self.next_token_logprobs(ids, at)?;
-            let (scalar, out) = loss(&lp, &entropy)?;
-            let store = scalar.map(|s| s.backward()).transpose()?;
-            return Ok((out, store));
-        }
-        let picks = self.picks(ids, at)?;
-        let (b, t) = ids.dims2()?;
-        let w = &self.train;
-        let (positions, mask) = self.train_positions(b, t)?;
-        let (cos, sin) = self.rope_tables(&positions, b, t)?;
-        // Forward: each layer's input, detached (the graph of each layer is dropped at once).
-        let mut inputs = Vec::with_capacity(w.layers.len());
-        let mut x = self.embed(w, ids)?.detach();
-        for layer in &w.layers {
-            let next = self
-                .layer(Path::Train, layer, &x, &cos, &sin, mask.as_ref(), None)?
-                .detach();
-            inputs.push(x);
-            x = next;
-        }
-        let top = Var::from_tensor(&x)?;
-        let normed = self.norm(Path::Train, top.as_tensor(), &w.norm)?;
-        let (lp, entropy) = self.picked_logprobs(&normed, &picks)?;
-        let (scalar, out) = loss(&lp, &entropy)?;
-        let Some(scalar) = scalar else {
-            return Ok((out, None));
-        };
-        // Each backward pass's store also holds gradients of constants it met (the attention
-        // mask's, as large as the attention scores): only the parameters' are kept, summed.
-        let trainable = self.trainable();
-        let mut total = GradStore::default();
-        let mut keep = |store: &mut GradStore| -> Result<(), Error> {
-            for (_, var) in &trainable {
-                if let Some(g) = store.remove(var.as_tensor()) {
-                    let sum = match total.remove(var.as_tensor()) {
-                        Some(prev) => (prev + g)?.detach(),
-                        None => g,
-                    };
-                    total.insert(var.as_tensor(), sum);
-                }
-            }
-            Ok(())
-        };
-        let mut store = scalar.backward()?;
-        let mut upstream = store.remove(top.as_tensor());
-        keep(&mut store)?;
-        drop(store);
-        // Backward, one layer at a time: recompute the layer from its input, and pull the
-        // gradient arriving at its output through it (d/dθ of Σ y·g is g's pull-back).
-        for (layer, input) in w.layers.iter().zip(&inputs).rev() {
-            let Some(g) = upstream else { break };
-            let xv = Var::from_tensor(input)?;
-            let y = self.layer(
-                Path::Train,
-                layer,
-                xv.as_tensor(),
-                &cos,
-                &sin,
-                mask.as_ref(),
-                None,
-            )?;
-            let mut store = (y * g)?.sum_all()?.backward()?;
-            upstream = store.remove(xv.as_tensor());
-            keep(&mut store)?;
-        }
-        if let Some(g) = upstream {
-            keep(&mut (self.embed(w, ids)? * g)?.sum_all()?.backward()?)?;
-        }
-        Ok((out, Some(total)))
     }
 
     /// Flat rows and target ids of the `(row, position)` pairs `at` of `ids [batch, time]`.
