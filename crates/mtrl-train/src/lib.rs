@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 pub mod agent;
 pub mod assets;
 pub mod chat;
+mod cpu_storage;
 pub mod engine;
 pub mod memory;
 pub mod model;

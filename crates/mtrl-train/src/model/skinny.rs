@@ -10,7 +10,7 @@
 //!
 //! Only the inference path uses it; the differentiable path keeps candle's matmul.
 
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::{DType, Device, Tensor};
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
@@ -39,17 +39,21 @@ pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>, Error> 
         return Ok(None);
     }
     let x = x.contiguous()?;
-    let (xs, xl) = x.storage_and_layout();
-    let (ws, wl) = w.storage_and_layout();
-    let (Storage::Cpu(xs), Storage::Cpu(ws)) = (&*xs, &*ws) else {
-        return Ok(None);
-    };
-    let (Some((x0, x1)), Some((w0, w1))) = (xl.contiguous_offsets(), wl.contiguous_offsets())
-    else {
-        return Ok(None);
-    };
-    let xv = &xs.as_slice::<f32>()?[x0..x1];
-    let wv = &ws.as_slice::<f32>()?[w0..w1];
+    match crate::cpu_storage::with_f32(&[&x, w], |s| product(s[0], s[1], m, n, k)) {
+        Some(y) => Ok(Some(Tensor::from_vec(y?, (m, n), x.device())?)),
+        None => Ok(None),
+    }
+}
+
+/// `x [m, k] · wᵀ` for `w [n, k]`, row-major.
+fn product(xv: &[f32], wv: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>, Error> {
+    if xv.len() != m * k || wv.len() != n * k {
+        return Err(Error::Weights(format!(
+            "skinny product: {} and {} elements for [{m}, {k}] and [{n}, {k}]",
+            xv.len(),
+            wv.len()
+        )));
+    }
     // Each block writes its outputs transposed, `[rows of w][m]`, contiguous per block.
     let mut yt = vec![0f32; n * m];
     let block = block_rows(n);
@@ -59,7 +63,7 @@ pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>, Error> 
             pulp::Arch::new().dispatch(Block { x: xv, w, y, m, k });
         });
     if m == 1 {
-        return Ok(Some(Tensor::from_vec(yt, (1, n), x.device())?));
+        return Ok(yt);
     }
     let mut y = vec![0f32; m * n];
     for (j, col) in yt.chunks_exact(m).enumerate() {
@@ -67,7 +71,7 @@ pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>, Error> 
             y[r * n + j] = *v;
         }
     }
-    Ok(Some(Tensor::from_vec(y, (m, n), x.device())?))
+    Ok(y)
 }
 
 /// One block of weight rows against all rows of `x`.

@@ -36,13 +36,7 @@ fn fused(tensors: &[&Tensor]) -> bool {
         && matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
 }
 
-/// The contiguous elements of a CPU storage under `layout`.
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> Result<&'a [T]> {
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or(candle_core::Error::RequiresContiguous { op })?;
-    Ok(&s.as_slice::<T>()?[start..end])
-}
+use crate::cpu_storage::elements as slice;
 
 /// Runs `$body` with `$t` bound to the Rust type of the float dtype `$dtype`.
 macro_rules! with_float {
@@ -63,6 +57,18 @@ macro_rules! with_float {
             other => Err(candle_core::Error::UnsupportedDTypeForOp(other, $op)),
         }
     };
+}
+
+/// Runs the kernel `$kernel` on the contiguous elements of float storages of one dtype, each
+/// bound to its name in the kernel's float type `$t`, and wraps the output as a storage.
+macro_rules! float_kernel {
+    ($op:expr, [$($x:ident = ($s:expr, $l:expr)),+], |$t:ident| $kernel:expr) => {{
+        let op = $op;
+        with_float!(same_dtype(op, &[$($s),+])?, op, |$t| {
+            $(let $x = slice::<$t>($s, $l, op)?;)+
+            Ok($t::to_cpu_storage_owned($kernel))
+        })
+    }};
 }
 
 /// Fails unless every storage has the first one's dtype.
@@ -152,10 +158,8 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let op = self.name();
-        let out = with_float!(same_dtype(op, &[s1, s2])?, op, |T| {
-            let out = cpu::rms_norm::<T>(slice(s1, l1, op)?, slice(s2, l2, op)?, self.eps);
-            Ok(T::to_cpu_storage_owned(out))
+        let out = float_kernel!(self.name(), [x = (s1, l1), w = (s2, l2)], |T| {
+            cpu::rms_norm::<T>(x, w, self.eps)
         })?;
         Ok((out, l1.shape().clone()))
     }
@@ -206,13 +210,11 @@ impl CustomOp3 for RmsNormGradX {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let op = self.name();
-        let out = with_float!(same_dtype(op, &[s1, s2, s3])?, op, |T| {
-            let (x, w, g) = (slice(s1, l1, op)?, slice(s2, l2, op)?, slice(s3, l3, op)?);
-            Ok(T::to_cpu_storage_owned(cpu::rms_norm_grad_x::<T>(
-                x, w, g, self.eps,
-            )))
-        })?;
+        let out = float_kernel!(
+            self.name(),
+            [x = (s1, l1), w = (s2, l2), g = (s3, l3)],
+            |T| cpu::rms_norm_grad_x::<T>(x, w, g, self.eps)
+        )?;
         Ok((out, l1.shape().clone()))
     }
 }
@@ -234,12 +236,8 @@ impl CustomOp2 for RmsNormGradW {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let op = self.name();
-        let out = with_float!(same_dtype(op, &[s1, s2])?, op, |T| {
-            let (x, g) = (slice(s1, l1, op)?, slice(s2, l2, op)?);
-            Ok(T::to_cpu_storage_owned(cpu::rms_norm_grad_w::<T>(
-                x, g, self.h, self.eps,
-            )))
+        let out = float_kernel!(self.name(), [x = (s1, l1), g = (s2, l2)], |T| {
+            cpu::rms_norm_grad_w::<T>(x, g, self.h, self.eps)
         })?;
         Ok((out, Shape::from(self.h)))
     }
@@ -278,14 +276,12 @@ impl CustomOp3 for Rope {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let op = self.name();
         let dims = l1.shape().dims4()?;
-        let out = with_float!(same_dtype(op, &[s1, s2, s3])?, op, |T| {
-            let (x, c, s) = (slice(s1, l1, op)?, slice(s2, l2, op)?, slice(s3, l3, op)?);
-            Ok(T::to_cpu_storage_owned(cpu::rope::<T>(
-                x, c, s, dims, self.sign,
-            )))
-        })?;
+        let out = float_kernel!(
+            self.name(),
+            [x = (s1, l1), c = (s2, l2), s = (s3, l3)],
+            |T| cpu::rope::<T>(x, c, s, dims, self.sign)
+        )?;
         Ok((out, l1.shape().clone()))
     }
 
@@ -428,13 +424,9 @@ impl CustomOp2 for AttnSoftmaxGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let op = self.name();
         let kv = l1.shape().dims().last().copied().unwrap_or(1);
-        let out = with_float!(same_dtype(op, &[s1, s2])?, op, |T| {
-            let (p, g) = (slice(s1, l1, op)?, slice(s2, l2, op)?);
-            Ok(T::to_cpu_storage_owned(cpu::attn_softmax_grad::<T>(
-                p, g, kv, self.scale,
-            )))
+        let out = float_kernel!(self.name(), [p = (s1, l1), g = (s2, l2)], |T| {
+            cpu::attn_softmax_grad::<T>(p, g, kv, self.scale)
         })?;
         Ok((out, l1.shape().clone()))
     }
@@ -462,10 +454,8 @@ impl CustomOp2 for Swiglu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let op = self.name();
-        let out = with_float!(same_dtype(op, &[s1, s2])?, op, |T| {
-            let out = cpu::swiglu::<T>(slice(s1, l1, op)?, slice(s2, l2, op)?);
-            Ok(T::to_cpu_storage_owned(out))
+        let out = float_kernel!(self.name(), [gate = (s1, l1), up = (s2, l2)], |T| {
+            cpu::swiglu::<T>(gate, up)
         })?;
         Ok((out, l1.shape().clone()))
     }
@@ -501,11 +491,11 @@ impl CustomOp3 for SwigluGradOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let op = self.name();
-        let out = with_float!(same_dtype(op, &[s1, s2, s3])?, op, |T| {
-            let (a, u, g) = (slice(s1, l1, op)?, slice(s2, l2, op)?, slice(s3, l3, op)?);
-            Ok(T::to_cpu_storage_owned(cpu::swiglu_grad::<T>(a, u, g)))
-        })?;
+        let out = float_kernel!(
+            self.name(),
+            [a = (s1, l1), u = (s2, l2), g = (s3, l3)],
+            |T| cpu::swiglu_grad::<T>(a, u, g)
+        )?;
         let mut dims = vec![2];
         dims.extend_from_slice(l1.shape().dims());
         Ok((out, Shape::from(dims)))

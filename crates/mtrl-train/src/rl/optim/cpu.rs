@@ -6,7 +6,7 @@
 //! for bit (the norm excepted: it accumulates in f64); [`super`] falls back to the composed ops
 //! off the CPU.
 
-use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Storage, Tensor};
+use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result};
 use rayon::prelude::*;
 
 use super::AdamWConfig;
@@ -49,38 +49,8 @@ impl AdamCoefs {
     }
 }
 
-/// Runs `f` on the contiguous f32 data of CPU tensors; `None` when one is not such a tensor.
-pub(super) fn with_f32<R>(tensors: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Option<R> {
-    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
-    let mut slices = Vec::with_capacity(tensors.len());
-    for (storage, layout) in &guards {
-        let Storage::Cpu(cpu) = &**storage else {
-            return None;
-        };
-        let (start, end) = layout.contiguous_offsets()?;
-        slices.push(&cpu.as_slice::<f32>().ok()?[start..end]);
-    }
-    Some(f(&slices))
-}
-
-/// The contiguous f32 elements of a CPU storage under `layout`, for writing.
-fn f32_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout, op: &str) -> Result<&'a mut [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: a strided tensor")))?;
-    match storage {
-        CpuStorage::F32(v) => Ok(&mut v[start..end]),
-        _ => candle_core::bail!("{op}: not f32"),
-    }
-}
-
-/// The contiguous f32 elements of a CPU storage under `layout`.
-fn f32_ref<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: a strided tensor")))?;
-    Ok(&storage.as_slice::<f32>()?[start..end])
-}
+pub(super) use crate::cpu_storage::with_f32;
+use crate::cpu_storage::{elements, f32_elements_mut as f32_mut};
 
 /// A moment's update in place: `m ← m·β + g·(1 − β)`, or with `g²` for the second moment.
 pub(super) struct Moment {
@@ -123,7 +93,7 @@ impl InplaceOp2 for Moment {
     ) -> Result<()> {
         let op = self.name();
         let m = f32_mut(dst, dst_l, op)?;
-        let g = f32_ref(g, g_l, op)?;
+        let g = elements::<f32>(g, g_l, op)?;
         if m.len() != g.len() {
             candle_core::bail!("{op}: {} moments, {} gradients", m.len(), g.len());
         }
@@ -160,7 +130,7 @@ impl InplaceOp3 for Param {
         let op = self.name();
         let k = self.0;
         let theta = f32_mut(dst, dst_l, op)?;
-        let (m, v) = (f32_ref(m, m_l, op)?, f32_ref(v, v_l, op)?);
+        let (m, v) = (elements::<f32>(m, m_l, op)?, elements::<f32>(v, v_l, op)?);
         if m.len() != theta.len() || v.len() != theta.len() {
             candle_core::bail!(
                 "{op}: {} parameters, {} and {} moments",
