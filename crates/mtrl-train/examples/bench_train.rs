@@ -5,11 +5,12 @@
 //!
 //! `cargo run --release -p mtrl-train --example bench_train [out.json] [--random]
 //! [--shape smollm2|qwen2.5-0.5b] [--dtype auto|f32|bf16|f16] [--batch B] [--length T]
-//! [--steps N] [--checkpointing] [--lora-only]`
+//! [--steps N] [--checkpointing] [--lora-only] [--full-only]`
 //! (`--random`: random weights of SmolLM2's shape; `--shape qwen2.5-0.5b`: random weights of
 //! Qwen2.5-0.5B's shape; `--dtype`: the compute precision, `auto` = bf16 on CUDA and f32 on
 //! the CPU; `--checkpointing`: activation checkpointing ([`CausalLm::grads`]);
-//! `--lora-only`: skip full fine-tuning, so that the peak memory reported is LoRA's; CUDA:
+//! `--lora-only`: skip full fine-tuning, so that the peak memory reported is LoRA's;
+//! `--full-only`: skip LoRA, so that a profile shows full fine-tuning alone; CUDA:
 //! build with `--features cuda`.) On Linux the figures include the process's peak resident
 //! memory (host memory: sample `nvidia-smi` for the GPU's).
 
@@ -127,6 +128,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps = arg(&args, "--steps", 3);
     let checkpointing = args.iter().any(|a| a == "--checkpointing");
     let lora_only = args.iter().any(|a| a == "--lora-only");
+    let full_only = args.iter().any(|a| a == "--full-only");
     let device = Device::cuda_if_available(0)?;
     let dtype = precision.dtype(&device);
     let vocab = 40_000u32;
@@ -139,20 +141,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let tokens = (batch * length) as f64;
 
-    let lora_model = load(shape.as_ref().map(|(_, c)| c), dtype, &device)?;
-    let lora = Lora::new(
-        LoraConfig {
-            rank: 8,
-            alpha: 16.0,
-            targets: vec![Module::Q, Module::K, Module::V, Module::O],
-        },
-        lora_model.config(),
-        0,
-        &device,
-    )?;
-    let lora_model = lora_model.with_lora(lora)?;
-    let lora_s = time_steps(&lora_model, &ids, &at, steps, checkpointing)?;
-    drop(lora_model);
+    let lora = if full_only {
+        None
+    } else {
+        let lora_model = load(shape.as_ref().map(|(_, c)| c), dtype, &device)?;
+        let adapter = Lora::new(
+            LoraConfig {
+                rank: 8,
+                alpha: 16.0,
+                targets: vec![Module::Q, Module::K, Module::V, Module::O],
+            },
+            lora_model.config(),
+            0,
+            &device,
+        )?;
+        let lora_model = lora_model.with_lora(adapter)?;
+        let lora_s = time_steps(&lora_model, &ids, &at, steps, checkpointing)?;
+        Some(json!({"step_s": lora_s, "tokens_per_s": tokens / lora_s}))
+    };
     let full = if lora_only {
         None
     } else {
@@ -171,7 +177,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "rayon_num_threads": std::env::var("RAYON_NUM_THREADS").ok(),
         "batch": batch,
         "length": length,
-        "lora_r8_qkvo": {"step_s": lora_s, "tokens_per_s": tokens / lora_s},
+        "lora_r8_qkvo": lora,
         "full_fine_tuning": full,
         "activation_checkpointing": checkpointing,
         "peak_rss_gib": peak_rss_gib(),

@@ -177,12 +177,17 @@ impl CausalLm {
             upstream = Some(self.layer_backward(w, k, &s, &g, &cos, &sin, &mut total)?);
         }
         if let (Some(g), true) = (upstream, keys.embed.is_variable()) {
-            // The embedding's gradient: each row's gradient added into its token's row.
+            // The embedding's gradient: each row's gradient added into its token's row, on top
+            // of the tied output projection's gradient where there is one (no zeroed table and
+            // no second pass to sum the two).
             let (vocab, h) = keys.embed.dims2()?;
             let rows = ids.flatten_all()?;
             let g = g.reshape((b * t, h))?.to_dtype(keys.embed.dtype())?;
-            let zeros = Tensor::zeros((vocab, h), g.dtype(), g.device())?;
-            accumulate(&mut total, &keys.embed, zeros.index_add(&rows, &g, 0)?)?;
+            let base = match total.remove(&keys.embed) {
+                Some(tied) => tied,
+                None => Tensor::zeros((vocab, h), g.dtype(), g.device())?,
+            };
+            total.insert(&keys.embed, base.index_add(&rows, &g, 0)?);
         }
         Ok((out, Some(total)))
     }
