@@ -129,6 +129,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let checkpointing = args.iter().any(|a| a == "--checkpointing");
     let lora_only = args.iter().any(|a| a == "--lora-only");
     let full_only = args.iter().any(|a| a == "--full-only");
+    if lora_only && full_only {
+        return Err("--lora-only and --full-only exclude each other: pass one of them".into());
+    }
     let device = Device::cuda_if_available(0)?;
     let dtype = precision.dtype(&device);
     let vocab = 40_000u32;

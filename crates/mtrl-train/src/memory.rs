@@ -25,11 +25,11 @@ pub fn retain_freed_memory() -> bool {
         unsafe {
             let trim = libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
             let pad = libc::mallopt(libc::M_TOP_PAD, 256 << 20);
-            let mmap = libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-            // No buffer is mapped on its own: above the threshold it comes from the heap too
-            // (a thread's arena hands what its 64 MiB heaps cannot hold to the main heap).
+            // No buffer is mapped on its own, whatever its size (so no mapping threshold
+            // applies): a thread's arena hands what its 64 MiB heaps cannot hold to the main
+            // heap.
             let mapped = libc::mallopt(libc::M_MMAP_MAX, 0);
-            trim == 1 && pad == 1 && mmap == 1 && mapped == 1
+            trim == 1 && pad == 1 && mapped == 1
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
