@@ -142,8 +142,8 @@ pub use scored::{Scored, score_groups};
 pub use task::{Task, TaskView};
 pub use tool::ToolSpec;
 pub use trajectory::{
-    Episode, EpisodeError, Finish, Phase, StopReason, TOOL_RESULTS_KEY, Timing, TokenRecord,
-    ToolOutcomes, ToolResult, TrainingSequence, Trajectory, Turn,
+    Episode, EpisodeError, FailedAttempt, Finish, Phase, StopReason, TOOL_RESULTS_KEY, Timing,
+    TokenRecord, ToolOutcomes, ToolResult, TrainingSequence, Trajectory, Turn,
 };
 
 /// Re-exported so that implementations need no direct dependency on `async-trait`.

@@ -17,7 +17,9 @@ use crate::environment::{Environment, EnvironmentFactory};
 use crate::error::Error;
 use crate::message::Role;
 use crate::task::Task;
-use crate::trajectory::{Episode, EpisodeError, Finish, Phase, StopReason, Trajectory, Turn};
+use crate::trajectory::{
+    Episode, EpisodeError, FailedAttempt, Finish, Phase, StopReason, Trajectory, Turn,
+};
 
 /// The limits every episode runs under.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +123,7 @@ pub struct RolloutDriver {
     limits: Limits,
     concurrency: usize,
     seed: u64,
+    retries: usize,
     abort: AbortSignal,
 }
 
@@ -157,6 +160,7 @@ impl RolloutDriver {
             limits,
             concurrency: 8,
             seed: 0,
+            retries: 0,
             abort: AbortSignal::new(),
         }
     }
@@ -172,6 +176,20 @@ impl RolloutDriver {
     #[must_use]
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
+        self
+    }
+
+    /// Retries a failed episode of a group or batch (one that stopped with an error, a panic or
+    /// a timeout: [`StopReason::is_failure`], an abort excepted) up to `retries` more times, each
+    /// in a fresh environment with a new episode seed derived from the first. The trajectory
+    /// that comes back is the last attempt's, with the failed ones listed in its
+    /// [`failed_attempts`](Trajectory::failed_attempts). 0 (the default): no retries.
+    ///
+    /// Dropping every group with a failure biases training towards the tasks that never fail;
+    /// retrying keeps them in.
+    #[must_use]
+    pub fn with_retries(mut self, retries: usize) -> Self {
+        self.retries = retries;
         self
     }
 
@@ -441,6 +459,48 @@ impl RolloutDriver {
         trajectory
     }
 
+    /// [`RolloutDriver::run_with`], retried as [`RolloutDriver::with_retries`] says.
+    async fn run_retrying<A, F>(
+        &self,
+        agent: &A,
+        factory: &F,
+        task: &Task,
+        index: usize,
+    ) -> Trajectory
+    where
+        A: Agent + ?Sized,
+        F: EnvironmentFactory + ?Sized,
+    {
+        let first = self.episode(task, index);
+        let mut failed = Vec::new();
+        let mut attempt = 0usize;
+        loop {
+            let episode = if attempt == 0 {
+                first
+            } else {
+                Episode {
+                    index,
+                    seed: derive_seed(first.seed, "retry", attempt),
+                }
+            };
+            let mut trajectory = self.run_with(agent, factory, task, episode).await;
+            let retry = trajectory.stop.is_failure()
+                && trajectory.stop != StopReason::Aborted
+                && attempt < self.retries
+                && !self.abort.is_aborted();
+            if !retry {
+                trajectory.failed_attempts = failed;
+                return trajectory;
+            }
+            failed.push(FailedAttempt {
+                seed: episode.seed,
+                stop: trajectory.stop,
+                error: trajectory.error.take(),
+            });
+            attempt += 1;
+        }
+    }
+
     /// Runs `n` episodes of one task concurrently; sample `i` comes back at index `i`.
     pub async fn run_group<A, F>(
         &self,
@@ -474,7 +534,7 @@ impl RolloutDriver {
     {
         let jobs = tasks.iter().flat_map(|task| (0..n).map(move |i| (task, i)));
         let mut flat: Vec<Trajectory> = stream::iter(jobs)
-            .map(|(task, i)| self.run_with(agent, factory, task, self.episode(task, i)))
+            .map(|(task, i)| self.run_retrying(agent, factory, task, i))
             .buffered(self.concurrency)
             .collect()
             .await;

@@ -146,6 +146,20 @@ pub struct EpisodeError {
     pub panicked: bool,
 }
 
+/// An attempt at an episode that failed and was retried in a fresh environment
+/// ([`RolloutDriver::with_retries`](crate::RolloutDriver::with_retries)): kept on the trajectory
+/// that replaced it, so that nothing about the failure is lost, and never trained on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedAttempt {
+    /// The episode seed the attempt ran with.
+    pub seed: u64,
+    /// How it stopped (a failure: [`StopReason::is_failure`]).
+    pub stop: StopReason,
+    /// What stopped it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<EpisodeError>,
+}
+
 /// The token-level record of one assistant turn, from a trainable agent.
 ///
 /// The ids of a turn are its `prompt_ids` (what the chat template adds before generation: the
@@ -530,6 +544,9 @@ pub struct Trajectory {
     /// Free metadata (the environment's and the caller's).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub metadata: Map<String, Value>,
+    /// The failed attempts this episode replaced, in order (empty unless the driver retries).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_attempts: Vec<FailedAttempt>,
 }
 
 impl Trajectory {
@@ -547,6 +564,7 @@ impl Trajectory {
             close_error: None,
             timing: Timing::default(),
             metadata: Map::new(),
+            failed_attempts: Vec::new(),
         }
     }
 

@@ -202,3 +202,74 @@ async fn an_empty_batch_and_an_empty_group_are_empty() {
         .await;
     assert_eq!(groups, vec![Vec::new(), Vec::new()]);
 }
+
+#[tokio::test]
+async fn a_failed_episode_is_retried_with_a_new_seed_and_the_failures_are_kept() {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    // Fails the first two environments it builds for task "flaky"; every other task works.
+    let built = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
+    let probe = Arc::new(Probe::default());
+    let seen = built.clone();
+    let flaky = move |task: &Task, episode: &Episode| {
+        let mut log = seen.lock().unwrap();
+        let failures = log.iter().filter(|(id, _)| id == "flaky").count();
+        log.push((task.id().to_string(), episode.seed));
+        let mut faults = Faults::default();
+        if task.id() == "flaky" && failures < 2 {
+            faults.step_error_at = Some(0);
+        }
+        Ok(TestEnv::new(faults, probe.clone()))
+    };
+    let agent = ScriptedAgent::new(vec![answer("x")]);
+    let tasks = [task("steady"), task("flaky")];
+
+    let driver = RolloutDriver::new(Limits::default())
+        .with_concurrency(1)
+        .with_retries(3);
+    let groups = driver.run_batch(&agent, &flaky, &tasks, 1).await;
+    assert_eq!(groups[0][0].stop, StopReason::Answered);
+    assert!(groups[0][0].failed_attempts.is_empty());
+    let retried = &groups[1][0];
+    assert_eq!(retried.stop, StopReason::Answered);
+    assert_eq!(retried.failed_attempts.len(), 2);
+    assert!(
+        retried
+            .failed_attempts
+            .iter()
+            .all(|a| a.stop == StopReason::EnvironmentError && a.error.is_some())
+    );
+    // Three distinct seeds for "flaky": the first, then one per retry; the trajectory that comes
+    // back carries the last one, and its place in the group is kept.
+    let seeds: HashSet<u64> = built
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(id, _)| id == "flaky")
+        .map(|(_, s)| *s)
+        .collect();
+    assert_eq!(seeds.len(), 3);
+    assert_eq!(retried.episode.index, 0);
+    assert!(
+        !retried
+            .failed_attempts
+            .iter()
+            .any(|a| a.seed == retried.episode.seed)
+    );
+
+    // Out of retries: the last failure comes back as the trajectory, the earlier ones listed.
+    built.lock().unwrap().clear();
+    let driver = RolloutDriver::new(Limits::default()).with_retries(1);
+    let groups = driver.run_batch(&agent, &flaky, &tasks[1..], 1).await;
+    assert_eq!(groups[0][0].stop, StopReason::EnvironmentError);
+    assert_eq!(groups[0][0].failed_attempts.len(), 1);
+
+    // No retries: the failure comes back at once.
+    built.lock().unwrap().clear();
+    let driver = RolloutDriver::new(Limits::default());
+    let groups = driver.run_batch(&agent, &flaky, &tasks[1..], 1).await;
+    assert_eq!(groups[0][0].stop, StopReason::EnvironmentError);
+    assert!(groups[0][0].failed_attempts.is_empty());
+    assert_eq!(built.lock().unwrap().len(), 1);
+}
