@@ -63,7 +63,7 @@ fn evaluation(success: bool, completed: bool, right: usize, of: usize) -> Evalua
 
 #[test]
 fn step_metrics_from_rollouts_are_the_hand_computed_ones() {
-    let trajectories = [
+    let mut trajectories = [
         episode("a", &[true, true], StopReason::Answered), // 3 turns
         episode("a", &[true, false], StopReason::Answered), // 3 turns
         episode("b", &[true, true], StopReason::MaxTurns), // 2 turns
@@ -81,6 +81,10 @@ fn step_metrics_from_rollouts_are_the_hand_computed_ones() {
         evaluation(false, false, 0, 2),
         evaluation(false, true, 1, 2),
     ];
+    // Turns that report the tokens they generated: the longest is 40.
+    trajectories[0].turns[0].tokens_used = Some(17);
+    trajectories[3].turns[0].tokens_used = Some(40);
+    trajectories[2].turns[1].tokens_used = Some(39);
     let task = Task::new("t", json!({}), json!({})).unwrap();
     let rollouts: Vec<Scored<'_>> = (0..4)
         .map(|i| {
@@ -105,6 +109,9 @@ fn step_metrics_from_rollouts_are_the_hand_computed_ones() {
     assert_eq!(get(names::ANSWER_EARLY_FRAC), 0.25);
     // Group 0 has two rewards of 1.0: no advantage.
     assert_eq!(get(names::ZERO_ADV_GROUPS), 0.5);
+    // Only group 1 (rewards 0 and 0.5) carries a signal: its mean, below the step's 0.625.
+    assert_eq!(get(names::REWARD_VALID_MEAN), 0.25);
+    assert_eq!(get(names::RESPONSE_TOKENS_MAX), 40.0);
     assert_eq!(get(names::TSR), 0.5);
     // The three answered episodes all parsed.
     assert_eq!(get(names::FORMAT_FRAC), 1.0);
@@ -138,6 +145,9 @@ fn step_metrics_from_rollouts_are_the_hand_computed_ones() {
         &UsualToolUse::none(),
     );
     assert_eq!(m.get(names::FAILED_FRAC), Some(1.0));
+    // One group of one: no signal, so no valid mean; no turn reports tokens, so no maximum.
+    assert_eq!(m.get(names::REWARD_VALID_MEAN), None);
+    assert_eq!(m.get(names::RESPONSE_TOKENS_MAX), None);
     assert_eq!(m.get(names::TSR), None, "no evaluation, no strict metrics");
     let mut empty = StepMetrics::new(9);
     empty.record_rollouts(&[], &UsualToolUse::none());
@@ -183,6 +193,68 @@ fn jsonl_sink_round_trips_flat_records() {
     let err = read_metrics(&path).unwrap_err();
     assert!(err.to_string().contains("line 2"), "{err}");
     assert!(read_metrics(dir.join("absent.jsonl")).is_err());
+}
+
+#[test]
+fn a_collapse_raises_its_alarm_when_it_starts_even_if_the_run_recovers() {
+    let alarm = HackingAlarm::default();
+    for seed in 0..25 {
+        let history = synthetic(Run::Collapse, seed);
+        let found = alarm.scan(&history);
+        let hit = found
+            .iter()
+            .find(|a| a.kind == AlarmKind::Collapse)
+            .unwrap_or_else(|| panic!("seed {seed}: no collapse in {found:#?}"));
+        // Seen within the collapse's first steps, from the behaviour jump or the validation.
+        assert!(
+            (HACK_FROM..HACK_FROM + 5).contains(&hit.step),
+            "seed {seed}: collapse at step {}",
+            hit.step
+        );
+        assert!(!hit.evidence.is_empty(), "{hit:?}");
+        // The run recovered: at its end no collapse holds, yet the scan kept it.
+        assert!(
+            !alarm
+                .check(&history)
+                .iter()
+                .any(|a| a.kind == AlarmKind::Collapse),
+            "seed {seed}"
+        );
+        // Without validation, the jump in answers without tools is enough.
+        let unvalidated: Vec<StepMetrics> = history
+            .iter()
+            .cloned()
+            .map(|mut m| {
+                m.values.remove(names::VAL_TSR);
+                m
+            })
+            .collect();
+        let hit = alarm
+            .scan(&unvalidated)
+            .into_iter()
+            .find(|a| a.kind == AlarmKind::Collapse)
+            .unwrap_or_else(|| panic!("seed {seed}: no jump seen"));
+        assert!(hit.message.contains(names::ANSWER_NO_TOOL_FRAC), "{hit:?}");
+        let ev = &hit.evidence;
+        assert!(ev["share_now"] - ev["share_before"] >= 0.3, "{hit:?}");
+    }
+    // Validation alone: a drop from the best point fires, a small dip does not.
+    let val = |points: &[f64]| -> Vec<StepMetrics> {
+        points
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let mut m = StepMetrics::new(i as u64 * 10);
+                m.set(names::VAL_TSR, *v);
+                m
+            })
+            .collect()
+    };
+    let fell = alarm.check(&val(&[0.1, 0.6, 0.87, 0.3]));
+    let c = fell.iter().find(|a| a.kind == AlarmKind::Collapse).unwrap();
+    assert_eq!(c.evidence["val_tsr_best"], 0.87);
+    assert_eq!(c.evidence["best_step"], 20.0);
+    assert!(alarm.check(&val(&[0.1, 0.6, 0.87, 0.7])).is_empty());
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! [`HackingAlarm`]: watches the metric trends of a run and warns, with evidence, when the
-//! reward looks hacked.
+//! reward looks hacked or the policy collapses.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +20,9 @@ pub enum AlarmKind {
     /// Episodes answer with fewer successful tool calls than usual, more often than at the
     /// start of the run.
     EarlyAnswers,
+    /// Validation success fell far below its best so far, or a behaviour share (answers
+    /// without tools, episodes out of turns or tokens, failures) jumped within a few steps.
+    Collapse,
 }
 
 impl AlarmKind {
@@ -30,6 +33,7 @@ impl AlarmKind {
             AlarmKind::FormatDrift => "format_drift",
             AlarmKind::ToolSpam => "tool_spam",
             AlarmKind::EarlyAnswers => "early_answers",
+            AlarmKind::Collapse => "collapse",
         }
     }
 }
@@ -64,6 +68,13 @@ pub struct AlarmConfig {
     pub tool_spam_min_increase: f64,
     /// How much the early-answer rate may rise over the start (0.2).
     pub max_early_rise: f64,
+    /// How far validation TSR may fall below its best earlier point (0.25).
+    pub max_val_drop: f64,
+    /// Steps averaged for a behaviour share's "now" in the collapse check (3).
+    pub jump_window: usize,
+    /// How much a behaviour share may rise, from the `window` steps before to the last
+    /// `jump_window` (0.3).
+    pub max_share_jump: f64,
 }
 
 impl Default for AlarmConfig {
@@ -76,6 +87,9 @@ impl Default for AlarmConfig {
             tool_spam_factor: 2.0,
             tool_spam_min_increase: 2.0,
             max_early_rise: 0.2,
+            max_val_drop: 0.25,
+            jump_window: 3,
+            max_share_jump: 0.3,
         }
     }
 }
@@ -90,7 +104,12 @@ impl Default for AlarmConfig {
 /// - **tool spam**: `rollout/tool_calls/mean` in the recent window reaches `tool_spam_factor`
 ///   times the first window and `tool_spam_min_increase` more calls;
 /// - **early answers**: `rollout/answer_early_frac` in the recent window rises
-///   `max_early_rise` or more over the first window.
+///   `max_early_rise` or more over the first window;
+/// - **collapse**: the last `val/tsr` point is `max_val_drop` or more below the best earlier
+///   one; or a behaviour share (`rollout/answer_no_tool_frac`, `rollout/max_turns_frac`,
+///   `rollout/truncated_frac`, `rollout/failed_frac`), averaged over the last `jump_window`
+///   steps, is `max_share_jump` or more above its mean over the `window` steps before. A run
+///   that recovers afterwards still raised it: [`HackingAlarm::scan`] keeps when.
 ///
 /// The earlier and recent windows are the last `2 × window` steps split in two, or the whole
 /// history split in halves when it is shorter (at least four steps). The alarm never changes a
@@ -121,6 +140,7 @@ impl HackingAlarm {
             self.format_drift(history),
             self.tool_spam(history),
             self.early_answers(history),
+            self.collapse(history),
         ]
         .into_iter()
         .flatten()
@@ -298,6 +318,58 @@ impl HackingAlarm {
                 ev,
             )
         })
+    }
+
+    fn collapse(&self, history: &[StepMetrics]) -> Option<Finding> {
+        let c = &self.config;
+        let val: Vec<(u64, f64)> = history
+            .iter()
+            .filter_map(|m| m.get(names::VAL_TSR).map(|v| (m.step, v)))
+            .collect();
+        if let Some(((now_step, now), earlier)) = val.split_last() {
+            let best = earlier.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((best_step, best)) = best {
+                if best - now >= c.max_val_drop {
+                    return Some((
+                        AlarmKind::Collapse,
+                        format!(
+                            "validation TSR fell from its best {best:.3} (step {best_step}) to \
+                             {now:.3} (step {now_step}): the policy is collapsing"
+                        ),
+                        evidence([
+                            ("val_tsr_best", best),
+                            ("val_tsr_now", *now),
+                            ("best_step", best_step as f64),
+                        ]),
+                    ));
+                }
+            }
+        }
+        let (w, j) = (c.window.max(1), c.jump_window.max(1));
+        for metric in [
+            names::ANSWER_NO_TOOL_FRAC,
+            names::MAX_TURNS_FRAC,
+            names::TRUNCATED_FRAC,
+            names::FAILED_FRAC,
+        ] {
+            let series: Vec<f64> = history.iter().filter_map(|m| m.get(metric)).collect();
+            if series.len() < w + j {
+                continue;
+            }
+            let (before, now) = series[series.len() - w - j..].split_at(w);
+            let (before, now) = (mean(before), mean(now));
+            if now - before >= c.max_share_jump {
+                return Some((
+                    AlarmKind::Collapse,
+                    format!(
+                        "{metric} jumped from {before:.3} ({w} steps) to {now:.3} (last {j}): \
+                         the policy's behaviour changed abruptly"
+                    ),
+                    evidence([("share_before", before), ("share_now", now)]),
+                ));
+            }
+        }
+        None
     }
 
     /// The mean of `metric` over the first window and over the last one.

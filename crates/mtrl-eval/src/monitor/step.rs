@@ -12,6 +12,13 @@ use crate::summary::{EvalRecord, Summary};
 pub mod names {
     /// Mean reward of the step's rollouts.
     pub const REWARD_MEAN: &str = "rollout/reward/mean";
+    /// Mean reward over the groups that carry a learning signal (rewards not all equal, so
+    /// non-zero advantages). Drifting below [`REWARD_MEAN`] says that the groups that could
+    /// teach are the failing ones, and training stalls: denser rewards are the cure.
+    pub const REWARD_VALID_MEAN: &str = "rollout/reward/valid_mean";
+    /// The longest response (tokens one turn generated) of the step. When more than 5% of the
+    /// rollouts hit the sampling limit ([`TRUNCATED_FRAC`]), raise it.
+    pub const RESPONSE_TOKENS_MAX: &str = "rollout/tokens/response_max";
     /// Standard deviation of the rollouts' rewards.
     pub const REWARD_STD: &str = "rollout/reward/std";
     /// Share of rollouts with a reward of exactly 0.
@@ -82,6 +89,9 @@ pub mod names {
     /// Groups dropped because a rollout failed (environment or agent error, timeout) or could
     /// not be scored.
     pub const TRAIN_DROPPED_GROUPS: &str = "train/dropped_groups";
+    /// Episodes rerun in a fresh environment after a failed attempt (each retry counts once);
+    /// the failed attempts are never trained on.
+    pub const TRAIN_RETRIED_EPISODES: &str = "train/retried_episodes";
     /// Groups left out because all their rewards were equal.
     pub const TRAIN_ZERO_VAR_GROUPS: &str = "train/zero_var_groups";
     /// Updates skipped because the loss or a gradient was NaN or infinite.
@@ -237,6 +247,25 @@ impl StepMetrics {
             .filter(|g| g.iter().all(|v| *v == g[0]))
             .count();
         self.set(names::ZERO_ADV_GROUPS, flat as f64 / groups.len() as f64);
+        let (mut valid_sum, mut valid_n) = (0.0, 0usize);
+        for g in groups.values().filter(|g| g.iter().any(|v| *v != g[0])) {
+            valid_sum += g.iter().sum::<f64>();
+            valid_n += g.len();
+        }
+        if valid_n > 0 {
+            self.set(names::REWARD_VALID_MEAN, valid_sum / valid_n as f64);
+        }
+        let response_max = rollouts
+            .iter()
+            .flat_map(|r| &r.trajectory.turns)
+            .filter_map(|t| {
+                t.tokens_used
+                    .or_else(|| t.tokens.as_ref().map(|k| k.sampled_ids().len()))
+            })
+            .max();
+        if let Some(m) = response_max {
+            self.set(names::RESPONSE_TOKENS_MAX, m as f64);
+        }
 
         let judged: Vec<(&Scored<'_>, &Evaluation)> = rollouts
             .iter()

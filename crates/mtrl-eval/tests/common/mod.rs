@@ -20,6 +20,9 @@ pub enum Run {
     ToolSpam,
     /// From step 30 episodes answer without calling the tools they need.
     EarlyAnswers,
+    /// Learns until step 30, then collapses for ten steps (validation TSR near 0, answers
+    /// without tools jump to 80%), then recovers: today's quickstart once did this.
+    Collapse,
 }
 
 /// A small deterministic noise source (xorshift), in [-1, 1].
@@ -73,7 +76,12 @@ pub fn synthetic(run: Run, seed: u64) -> Vec<StepMetrics> {
                 4.0 - 2.5 * h,
                 0.05 + 0.6 * h,
             ),
+            Run::Collapse => (0.1 + 0.8 * p, 0.05 + 0.9 * p, 0.95, 4.0, 0.05),
         };
+        let collapsed = run == Run::Collapse && (HACK_FROM..HACK_FROM + 10).contains(&step);
+        if collapsed {
+            (reward, tsr, calls, early) = (0.1, 0.02, 0.5, 0.9);
+        }
         reward += n(0.03);
         tsr += n(0.03);
         format += n(0.02);
@@ -92,7 +100,13 @@ pub fn synthetic(run: Run, seed: u64) -> Vec<StepMetrics> {
         m.set(names::TOOL_CALLS_MEAN, calls.max(0.0));
         m.set(names::TURNS_MEAN, calls.max(0.0) + 1.0);
         m.set(names::ANSWER_EARLY_FRAC, early.clamp(0.0, 1.0));
-        m.set(names::ANSWER_NO_TOOL_FRAC, (early * 0.5).clamp(0.0, 1.0));
+        // Only the collapse draws noise here, so that the other runs keep their sequences.
+        let no_tool = if collapsed {
+            0.8 + n(0.02)
+        } else {
+            early * 0.5
+        };
+        m.set(names::ANSWER_NO_TOOL_FRAC, no_tool.clamp(0.0, 1.0));
         m.set(names::TRUNCATED_FRAC, (0.05 + n(0.02)).max(0.0));
         m.set(names::MAX_TURNS_FRAC, (0.08 + n(0.02)).max(0.0));
         m.set(
