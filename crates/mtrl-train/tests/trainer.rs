@@ -246,6 +246,8 @@ async fn a_failed_rollout_drops_only_its_group() {
     let m = t.step().await.unwrap();
     assert_eq!(m.get(names::TRAIN_DROPPED_GROUPS), Some(2.0), "{m:?}");
     assert_eq!(m.get(names::FAILED_FRAC), Some(0.5));
+    // These two never start, so every one of their 2 x 6 episodes was retried twice first.
+    assert_eq!(m.get(names::TRAIN_RETRIED_EPISODES), Some(24.0), "{m:?}");
     let kept = 2.0 - m.get(names::TRAIN_ZERO_VAR_GROUPS).unwrap();
     if kept > 0.0 {
         assert!(m.get(names::TRAIN_TOKENS).unwrap() > 0.0);

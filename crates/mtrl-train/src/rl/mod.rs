@@ -5,8 +5,10 @@ mod advantage;
 mod loss;
 mod optim;
 mod trainer;
+mod triage;
 
 pub use advantage::{AdvantageEstimator, DrGrpo, Estimator, Grpo, Rloo, has_variance};
 pub use loss::{Aggregation, LossBatch, LossOutput, NextTokenNll, PolicyLoss, PpoClip};
 pub use optim::{AdamW, AdamWConfig, Decay, Grads, Schedule};
 pub use trainer::{Sample, TrainConfig, TrainState, Trainer, TrainerBuilder};
+pub use triage::GroupTriage;

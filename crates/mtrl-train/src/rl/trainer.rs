@@ -9,16 +9,15 @@ use std::time::Instant;
 
 use candle_core::{Tensor, Var};
 use mtrl_core::rollout::{Limits, RolloutDriver, SplitMix64, derive_seed};
-use mtrl_core::{
-    Agent, EnvironmentFactory, Evaluator, Reward, Scored, Task, Trajectory, score_groups,
-};
+use mtrl_core::{Agent, EnvironmentFactory, Evaluator, Reward, Task, Trajectory, score_groups};
 use mtrl_eval::monitor::{MetricsSink, StepMetrics, UsualToolUse, names};
 use mtrl_eval::{EvalRecord, Summary};
 use serde::{Deserialize, Serialize};
 
-use super::advantage::{AdvantageEstimator, Estimator, has_variance};
+use super::advantage::{AdvantageEstimator, Estimator};
 use super::loss::{Aggregation, LossBatch, LossOutput, NextTokenNll, PolicyLoss, PpoClip};
 use super::optim::{AdamW, AdamWConfig, Decay, Grads, Schedule};
+use super::triage::GroupTriage;
 use crate::Error;
 use crate::model::CausalLm;
 
@@ -69,6 +68,12 @@ pub struct TrainConfig {
     /// then holds one layer's activations instead of every layer's, at the cost of a second
     /// forward pass: what long SOP prompts need.
     pub activation_checkpointing: bool,
+    /// How many more times a failed training episode (an environment or agent error, a panic,
+    /// a timeout) is run, each in a fresh environment with a new episode seed, before its group
+    /// is dropped. Dropping at the first failure (0) biases training towards the tasks that
+    /// never fail. The failed attempts are counted (`train/retried_episodes`) and never trained
+    /// on. Evaluation never retries: a failure there is the score.
+    pub episode_retries: usize,
 }
 
 impl Default for TrainConfig {
@@ -92,6 +97,7 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             concurrency: 64,
             activation_checkpointing: false,
+            episode_retries: 2,
         }
     }
 }
@@ -438,7 +444,8 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
         out
     }
 
-    /// One RL step: roll out groups, score them, compute advantages, update. A group with a
+    /// One RL step: roll out groups, score them, compute advantages, update. A failed episode
+    /// is retried up to [`TrainConfig::episode_retries`] times (counted); a group still with a
     /// failed rollout (or one its reward cannot score) is dropped and counted; groups whose
     /// rewards are all equal are left out and counted; a non-finite loss or gradient skips the
     /// update. Returns the step's metrics (also sent to the sink and kept in the history).
@@ -460,7 +467,8 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
         let t0 = Instant::now();
         let driver = RolloutDriver::new(self.limits.clone())
             .with_seed(derive_seed(self.config.seed, "rl-step", step as usize))
-            .with_concurrency(self.config.concurrency);
+            .with_concurrency(self.config.concurrency)
+            .with_retries(self.config.episode_retries);
         let groups = driver
             .run_batch(&self.agent, &self.factory, &tasks, self.config.group_size)
             .await;
@@ -471,22 +479,21 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
         let reward_s = t1.elapsed().as_secs_f64();
         metrics.record_rollouts(&scored, &UsualToolUse::none());
 
+        let triage = GroupTriage::of(&groups, &scored);
+        let mut dropped = triage.dropped;
         let mut samples = Vec::new();
-        let (mut dropped, mut flat) = (0usize, 0usize);
-        // The rows come group by group, in batch order.
-        let mut start = 0;
+        let mut offsets = Vec::with_capacity(groups.len());
+        let mut start = 0usize;
         for group in &groups {
-            let rows = &scored[start..start + group.len()];
+            offsets.push(start);
             start += group.len();
-            if !rows.iter().all(Scored::usable) {
-                dropped += 1;
-                continue;
-            }
-            let totals: Vec<f64> = rows.iter().map(|r| r.reward.total).collect();
-            if !has_variance(&totals) {
-                flat += 1;
-                continue;
-            }
+        }
+        for &g in &triage.trainable {
+            let (group, first) = (&groups[g], offsets[g]);
+            let totals: Vec<f64> = scored[first..first + group.len()]
+                .iter()
+                .map(|r| r.reward.total)
+                .collect();
             let adv = self.estimator.advantages(&totals);
             let mut group_samples = Vec::new();
             let mut consistent = true;
@@ -503,7 +510,13 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
             }
         }
         metrics.set(names::TRAIN_DROPPED_GROUPS, dropped as f64);
-        metrics.set(names::TRAIN_ZERO_VAR_GROUPS, flat as f64);
+        let retried: usize = groups
+            .iter()
+            .flatten()
+            .map(|t| t.failed_attempts.len())
+            .sum();
+        metrics.set(names::TRAIN_RETRIED_EPISODES, retried as f64);
+        metrics.set(names::TRAIN_ZERO_VAR_GROUPS, triage.zero_variance as f64);
 
         let t2 = Instant::now();
         let loss: &dyn PolicyLoss = self.loss.as_ref();
