@@ -543,7 +543,7 @@ pub async fn train(
         before,
         after,
         format!(
-            "reward-hacking alarm: {}",
+            "reward-hacking and collapse alarms: {}",
             if alarms.is_empty() {
                 "silent".to_string()
             } else {

@@ -9,7 +9,7 @@
 //! | TSR, ECR, C-TSR, tool accuracy, per-field accuracy, per domain | [`Summary`], [`Metrics`] |
 //! | pass@k, mean@k, bootstrap intervals | [`pass_at_k`], [`SampledMetrics`], [`Bootstrap`] |
 //! | the per-step metrics record and its names | [`monitor::StepMetrics`], [`monitor::names`] |
-//! | the reward-hacking alarm | [`monitor::HackingAlarm`] |
+//! | the reward-hacking and collapse alarm | [`monitor::HackingAlarm`] |
 //! | JSON Lines metrics | [`monitor::JsonlSink`], [`monitor::read_metrics_log`] |
 //! | the HTML report with its charts (feature `report`, on by default) | `monitor::Report` |
 //!

@@ -108,7 +108,9 @@ fn the_page_holds_every_chart_and_the_alarms() {
     assert!(html.contains("rollout/reward/mean"));
     let healthy =
         std::fs::read_to_string(write_report("report-html-healthy", Run::Learning).html).unwrap();
-    assert!(healthy.contains("No reward-hacking alarm."));
+    assert!(healthy.contains("No reward-hacking or collapse alarm."));
+    assert!(html.contains("rollout/reward/valid_mean"));
+    assert!(html.contains("rollout/tokens/response_max"));
 }
 
 /// A Chromium-family browser: `MTRL_CHROMIUM`, or one on the PATH.

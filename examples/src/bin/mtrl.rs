@@ -32,7 +32,7 @@ enum Command {
     /// interrupted; trainers and evaluators reach it with `mtrl_env::remote::RemoteFactory`.
     ServeEnv(ServeEnvArgs),
     /// Write the HTML report of a run from its metrics file (JSON Lines, one step per line),
-    /// with the reward-hacking alarms raised along the way.
+    /// with the reward-hacking and collapse alarms raised along the way.
     Report(ReportArgs),
 }
 
@@ -503,7 +503,7 @@ fn run_quickstart(args: QuickstartArgs) -> Result<(), Box<dyn std::error::Error>
     let report = runtime.block_on(run_forced(&opts, args.force))?;
     println!("{}", report.table(opts.test_tasks));
     println!(
-        "untrained policy: {:.1}%; reward-hacking alarm: {}",
+        "untrained policy: {:.1}%; reward-hacking and collapse alarms: {}",
         100.0 * report.untrained,
         if report.alarms.is_empty() {
             "silent".to_string()

@@ -20,7 +20,8 @@ pub struct ReportFiles {
 }
 
 /// A static HTML report of a run: a summary table, the alarms, and charts of reward against
-/// validation TSR, the turns distribution, the reward components, answer behaviour and tool use.
+/// validation TSR, the turns distribution, the reward components, answer behaviour, tool use and
+/// the longest response.
 ///
 /// Each chart is a `<figure class="plot" id="plot-NAME">` (the names are [`Report::PLOTS`]),
 /// and is also saved as `plots/NAME.png` beside the page.
@@ -34,12 +35,13 @@ pub struct Report {
 
 impl Report {
     /// The charts, in page order.
-    pub const PLOTS: [&'static str; 5] = [
+    pub const PLOTS: [&'static str; 6] = [
         "reward_vs_tsr",
         "turns",
         "components",
         "behaviour",
         "tool_calls",
+        "response_tokens",
     ];
 
     /// A report titled `title`.
@@ -131,6 +133,13 @@ impl Report {
             "validation reward (val/reward/mean)",
             names::VAL_REWARD_MEAN,
         ));
+        if let Some(mut s) = self.line(
+            "reward of the groups that teach (rollout/reward/valid_mean)",
+            names::REWARD_VALID_MEAN,
+        ) {
+            s.dashed = true;
+            reward.push(Some(s));
+        }
         let reward = LineChart {
             title: "Reward against strict success".into(),
             y_label: "value".into(),
@@ -199,11 +208,27 @@ impl Report {
             y_floor: Some((0.0, 1.0)),
         };
 
+        let response = LineChart {
+            title: "Longest response per step".into(),
+            y_label: "tokens".into(),
+            series: self
+                .line(
+                    "longest response (rollout/tokens/response_max)",
+                    names::RESPONSE_TOKENS_MAX,
+                )
+                .into_iter()
+                .collect(),
+            y_floor: Some((0.0, 1.0)),
+        };
+
         vec![
             (
                 Chart::Lines(reward),
                 "Training reward beside the strict evaluator's task success rate. A reward that \
-                 climbs while TSR stays flat is the signature of reward hacking."
+                 climbs while TSR stays flat is the signature of reward hacking. The dashed \
+                 valid mean is the reward over the groups with a learning signal: when it drifts \
+                 below the mean, the groups that could teach are failing and training stalls \
+                 (denser rewards are the cure)."
                     .into(),
             ),
             (
@@ -223,6 +248,12 @@ impl Report {
             (
                 Chart::Lines(tools),
                 "Tool calls and turns per episode; a blow-up means tool spam.".into(),
+            ),
+            (
+                Chart::Lines(response),
+                "The longest response of each step. When it sits at the sampling limit and more \
+                 than 5% of rollouts are truncated (the answer behaviour chart), raise the limit."
+                    .into(),
             ),
         ]
     }
@@ -292,7 +323,7 @@ impl Report {
             );
         }
         let alarms = if self.alarms.is_empty() {
-            "<p class=\"ok\">No reward-hacking alarm.</p>".to_string()
+            "<p class=\"ok\">No reward-hacking or collapse alarm.</p>".to_string()
         } else {
             let mut s = String::from("<ul class=\"alarms\">");
             for a in &self.alarms {
