@@ -414,6 +414,7 @@ async fn a_broken_checkpoint_names_the_file_that_is_wrong() {
             "state.json",
             "trainable.safetensors",
             "optimizer.safetensors",
+            "manifest.json",
         ] {
             std::fs::copy(dir.join(f), to.join(f)).unwrap();
         }
@@ -440,10 +441,100 @@ async fn a_broken_checkpoint_names_the_file_that_is_wrong() {
         std::fs::remove_file(gone.join(file)).unwrap();
         let e = fresh.resume(&gone).unwrap_err().to_string();
         assert!(e.contains(file), "{file}: {e}");
+        // Changed in place, same size: one byte flipped in the middle.
+        let flipped = copy("flipped");
+        let mut bytes = std::fs::read(flipped.join(file)).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x20;
+        std::fs::write(flipped.join(file), &bytes).unwrap();
+        let e = fresh.resume(&flipped).unwrap_err().to_string();
+        assert!(e.contains(file) && e.contains("damaged"), "{file}: {e}");
         let _ = std::fs::remove_dir_all(&cut);
         let _ = std::fs::remove_dir_all(&gone);
+        let _ = std::fs::remove_dir_all(&flipped);
     }
+    // No manifest: a save that never finished.
+    let unsealed = copy("unsealed");
+    std::fs::remove_file(unsealed.join("manifest.json")).unwrap();
+    let mut fresh = trainer(model(4), config(), &train);
+    let e = fresh.resume(&unsealed).unwrap_err().to_string();
+    assert!(
+        e.contains("manifest.json") && e.contains("incomplete"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&unsealed);
+    // The intact checkpoint still resumes.
+    fresh.resume(&dir).unwrap();
+    assert_eq!(fresh.state().step, 1);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_written_whole_or_not_at_all_and_the_latest_complete_one_is_found() {
+    let train = ["t0", "t1"];
+    let root = std::env::temp_dir().join(format!("mtrl-atomic-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let mut t = trainer(model(4), config(), &train);
+    t.step().await.unwrap();
+    let first = root.join("step-000001");
+    t.save_checkpoint(&first).unwrap();
+    let manifest = mtrl_train::rl::verify_checkpoint(&first).unwrap();
+    let listed: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(
+        listed,
+        [
+            "optimizer.safetensors",
+            "state.json",
+            "trainable.safetensors"
+        ]
+    );
+    // A save killed midway: its temporary directory, and a step directory with no manifest.
+    let killed = root.join(".step-000002.tmp-999-1");
+    std::fs::create_dir_all(&killed).unwrap();
+    std::fs::write(killed.join("trainable.safetensors"), b"half").unwrap();
+    let unsealed = root.join("step-000003");
+    std::fs::create_dir_all(&unsealed).unwrap();
+    std::fs::copy(first.join("state.json"), unsealed.join("state.json")).unwrap();
+    let dirs = mtrl_train::rl::checkpoint_dirs(&root).unwrap();
+    assert_eq!(
+        dirs,
+        [first.clone(), unsealed.clone()],
+        "temporaries are not checkpoints"
+    );
+    let scan = mtrl_train::rl::latest_checkpoint(&dirs);
+    assert_eq!(scan.latest.as_ref().unwrap().dir, first);
+    assert_eq!(scan.latest.as_ref().unwrap().state.step, 1);
+    assert_eq!(scan.refused.len(), 1);
+    assert!(scan.refused[0].to_string().contains("manifest.json"));
+
+    // The next save of step 2 clears the killed one's leftovers and lands whole.
+    t.step().await.unwrap();
+    let second = root.join("step-000002");
+    t.save_checkpoint(&second).unwrap();
+    assert!(!killed.exists());
+    let dirs = mtrl_train::rl::checkpoint_dirs(&root).unwrap();
+    let scan = mtrl_train::rl::latest_checkpoint(&dirs);
+    assert_eq!(scan.latest.unwrap().state.step, 2);
+    // Saving over an existing checkpoint replaces it whole; nothing else is left beside it.
+    t.save_checkpoint(&first).unwrap();
+    assert_eq!(
+        mtrl_train::rl::verify_checkpoint(&first)
+            .unwrap()
+            .files
+            .len(),
+        3
+    );
+    let mut fresh = trainer(model(4), config(), &train);
+    fresh.resume(&first).unwrap();
+    assert_eq!(fresh.state().step, 2);
+    assert_eq!(weight_hash(fresh.model()), weight_hash(t.model()));
+    let names: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

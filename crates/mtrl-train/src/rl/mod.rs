@@ -10,5 +10,8 @@ mod triage;
 pub use advantage::{AdvantageEstimator, DrGrpo, Estimator, Grpo, Rloo, has_variance};
 pub use loss::{Aggregation, LossBatch, LossOutput, NextTokenNll, PolicyLoss, PpoClip};
 pub use optim::{AdamW, AdamWConfig, Decay, Grads, Schedule};
-pub use trainer::{Sample, TrainConfig, TrainState, Trainer, TrainerBuilder};
+pub use trainer::{
+    CheckpointScan, FoundCheckpoint, MANIFEST, Manifest, ManifestEntry, Sample, TrainConfig,
+    TrainState, Trainer, TrainerBuilder, checkpoint_dirs, latest_checkpoint, verify_checkpoint,
+};
 pub use triage::GroupTriage;

@@ -18,8 +18,14 @@ use super::advantage::{AdvantageEstimator, Estimator};
 use super::loss::{Aggregation, LossBatch, LossOutput, NextTokenNll, PolicyLoss, PpoClip};
 use super::optim::{AdamW, AdamWConfig, Decay, Grads, Schedule};
 use super::triage::GroupTriage;
+
+mod checkpoint;
 use crate::Error;
 use crate::model::CausalLm;
+pub use checkpoint::{
+    CheckpointScan, FoundCheckpoint, MANIFEST, Manifest, ManifestEntry, checkpoint_dirs,
+    latest_checkpoint, verify_checkpoint,
+};
 
 /// What a training run does. Every field has a default; a TOML or JSON file may set any.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -697,112 +703,6 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
             }
         }
         Ok(out)
-    }
-
-    /// Saves the trainable weights (`trainable.safetensors`; plus `adapter/` in PEFT's layout
-    /// when the model has LoRA), the optimiser (`optimizer.safetensors`) and the run state with
-    /// its config (`state.json`) into `dir`. Refuses to save non-finite weights.
-    ///
-    /// # Errors
-    /// [`Error::Weights`] for non-finite weights, [`Error::Io`], or a candle error.
-    pub fn save_checkpoint(&self, dir: &Path) -> Result<(), Error> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let mut weights = std::collections::HashMap::new();
-        for (name, var) in &self.vars {
-            let t = var.as_tensor();
-            let sum = t
-                .to_dtype(candle_core::DType::F32)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f32>()?;
-            if !sum.is_finite() {
-                return Err(Error::Weights(format!(
-                    "{name} is not finite; the checkpoint is not written"
-                )));
-            }
-            weights.insert(name.clone(), t.clone());
-        }
-        let trainable = dir.join("trainable.safetensors");
-        candle_core::safetensors::save(&weights, &trainable)
-            .map_err(|e| Error::checkpoint(&trainable, crate::without_backtrace(e)))?;
-        if let Some(lora) = self.model.lora() {
-            lora.save_peft(&dir.join("adapter"), "mtrl")?;
-        }
-        let (moments, steps) = self.optimizer.state()?;
-        let optimizer = dir.join("optimizer.safetensors");
-        candle_core::safetensors::save(&moments, &optimizer)
-            .map_err(|e| Error::checkpoint(&optimizer, crate::without_backtrace(e)))?;
-        let state = serde_json::json!({
-            "state": self.state,
-            "optimizer_steps": steps,
-            "config": self.config,
-        });
-        let path = dir.join("state.json");
-        let text = serde_json::to_string_pretty(&state).map_err(|e| Error::checkpoint(&path, e))?;
-        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
-        Ok(())
-    }
-
-    /// Restores weights, optimiser and run state from a checkpoint of a run with the same
-    /// model and config: the run then continues exactly as if uninterrupted.
-    ///
-    /// # Errors
-    /// [`Error::Checkpoint`] naming the file for a file that is missing, cut short or not a
-    /// checkpoint's, and for a checkpoint whose config differs from this trainer's;
-    /// [`Error::Weights`] for missing or misshapen tensors.
-    pub fn resume(&mut self, dir: &Path) -> Result<(), Error> {
-        let path = dir.join("state.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::checkpoint(&path, e))?;
-        let saved: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::checkpoint(&path, e))?;
-        let config: TrainConfig = serde_json::from_value(saved["config"].clone())
-            .map_err(|e| Error::checkpoint(&path, format!("config: {e}")))?;
-        if config != self.config {
-            return Err(Error::checkpoint(
-                &path,
-                "the checkpoint was written with a different train config",
-            ));
-        }
-        let state: TrainState = serde_json::from_value(saved["state"].clone())
-            .map_err(|e| Error::checkpoint(&path, format!("state: {e}")))?;
-        let steps = saved["optimizer_steps"]
-            .as_u64()
-            .ok_or_else(|| Error::checkpoint(&path, "no optimizer_steps"))?;
-        let device = self.model.device().clone();
-        let tensors = |file: &str| {
-            let path = dir.join(file);
-            if !path.is_file() {
-                return Err(Error::checkpoint(&path, "the file is missing"));
-            }
-            candle_core::safetensors::load(&path, &device).map_err(|e| {
-                Error::checkpoint(
-                    &path,
-                    format!(
-                        "not a whole safetensors file (cut short?): {}",
-                        crate::without_backtrace(e)
-                    ),
-                )
-            })
-        };
-        let mut weights = tensors("trainable.safetensors")?;
-        let moments = tensors("optimizer.safetensors")?;
-        for (name, var) in &self.vars {
-            let t = weights
-                .remove(name)
-                .ok_or_else(|| Error::Weights(format!("the checkpoint has no {name}")))?;
-            if t.dims() != var.as_tensor().dims() {
-                return Err(Error::Weights(format!(
-                    "{name} has shape {:?} in the checkpoint, {:?} in the model",
-                    t.dims(),
-                    var.as_tensor().dims()
-                )));
-            }
-            var.set(&t.to_dtype(var.dtype())?)?;
-        }
-        self.optimizer.restore(moments, steps)?;
-        self.model.weights_changed();
-        self.state = state;
-        Ok(())
     }
 }
 
