@@ -332,3 +332,55 @@ fn reward_without_success_falls_back_to_rollout_tsr_and_needs_history() {
     assert!(alarm.check(&history[..3]).is_empty());
     assert!(alarm.check(&[]).is_empty());
 }
+
+#[test]
+fn a_resumed_sink_drops_the_steps_after_the_checkpoint_and_a_cut_line() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("monitor-resume");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("metrics.jsonl");
+    let history = synthetic(Run::Learning, 2);
+    // The killed run wrote steps 0..=14, and was cut in the middle of step 15's line.
+    {
+        let mut sink = JsonlSink::create(&path).unwrap();
+        for m in &history[..15] {
+            sink.write(m).unwrap();
+        }
+    }
+    let whole = std::fs::read(&path).unwrap();
+    let line = serde_json::to_string(&history[15]).unwrap();
+    let mut cut = whole.clone();
+    cut.extend_from_slice(&line.as_bytes()[..line.len() / 2]);
+    std::fs::write(&path, &cut).unwrap();
+    // Resumed from the checkpoint of step 9: steps 10..=14 and the cut line go.
+    let (mut sink, removed) = JsonlSink::resume(&path, 9).unwrap();
+    assert_eq!(removed, 6);
+    for m in &history[10..] {
+        sink.write(m).unwrap();
+    }
+    drop(sink);
+    let log = mtrl_eval::monitor::read_metrics_log(&path).unwrap();
+    assert!(log.resumptions.is_empty(), "no step appears twice");
+    assert_eq!(log.steps, history);
+    // The kept lines are the killed run's, byte for byte.
+    let text = std::fs::read(&path).unwrap();
+    let upto: usize = whole
+        .split_inclusive(|b| *b == b'\n')
+        .take(10)
+        .map(<[u8]>::len)
+        .sum();
+    assert_eq!(text[..upto], whole[..upto]);
+
+    // A line in the middle that is not a record is refused, naming the line, and the file is
+    // left as it was.
+    let mut bad = whole[..upto].to_vec();
+    bad.extend_from_slice(b"{not json}\n");
+    std::fs::write(&path, &bad).unwrap();
+    let e = JsonlSink::resume(&path, 20).unwrap_err().to_string();
+    assert!(e.contains("line 11"), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), bad);
+    // A run resumed before it wrote anything starts the file.
+    let fresh = dir.join("none.jsonl");
+    let _ = std::fs::remove_file(&fresh);
+    let (_, removed) = JsonlSink::resume(&fresh, 3).unwrap();
+    assert_eq!((removed, std::fs::read(&fresh).unwrap().len()), (0, 0));
+}

@@ -63,6 +63,61 @@ impl JsonlSink {
         })
     }
 
+    /// Reopens the metrics file of a run resumed from a checkpoint at step `step`, to append
+    /// to it: the records of later steps (written after the checkpoint, by the run that was
+    /// killed) are removed first, with a last line cut short by the kill, so that the resumed
+    /// run's records follow on without a step appearing twice. The kept lines stay byte for
+    /// byte; the file is replaced atomically. Returns the sink and how many records it removed.
+    ///
+    /// # Errors
+    /// [`Error::Metrics`] naming the line when a complete line is not a record, and
+    /// [`Error::Io`] when the file cannot be read or replaced.
+    pub fn resume(path: impl AsRef<Path>, step: u64) -> Result<(Self, usize), Error> {
+        let path = path.as_ref().to_path_buf();
+        let text = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let mut kept = Vec::with_capacity(text.len());
+        let mut removed = 0usize;
+        let complete = text.len() - text.iter().rev().take_while(|b| **b != b'\n').count();
+        if complete < text.len() {
+            removed += 1;
+        }
+        for (i, line) in text[..complete]
+            .split_inclusive(|b| *b == b'\n')
+            .enumerate()
+        {
+            let body = line.strip_suffix(b"\n").unwrap_or(line);
+            if body.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let record: StepMetrics = serde_json::from_slice(body).map_err(|e| Error::Metrics {
+                path: path.clone(),
+                reason: format!("line {}: {e}", i + 1),
+            })?;
+            if record.step <= step {
+                kept.extend_from_slice(line);
+            } else {
+                removed += 1;
+            }
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.resume-{}", std::process::id()));
+        let replaced = File::create(&tmp)
+            .and_then(|mut f| f.write_all(&kept).and_then(|()| f.sync_all()))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = replaced {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::io(&path, e));
+        }
+        Ok((Self::append(&path)?, removed))
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
