@@ -26,6 +26,7 @@ pub mod agent;
 pub mod assets;
 pub mod chat;
 mod cpu_storage;
+mod demonstrator;
 pub mod engine;
 pub mod memory;
 pub mod model;
@@ -36,6 +37,7 @@ pub mod toolcall;
 
 pub use agent::{CandleAgent, Drift, ScriptedTokenAgent, Tito, TitoCheck, TurnPrompt, drift};
 pub use chat::ChatTemplate;
+pub use demonstrator::Demonstrator;
 pub use tokenizer::Tokenizer;
 
 /// Errors of mtrl-train.

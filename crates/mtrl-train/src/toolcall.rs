@@ -24,6 +24,22 @@ pub trait ToolCallFormat: Send + Sync {
     /// The instructions and tool list for a system message, for chat templates without a tool
     /// section of their own.
     fn system_section(&self, tools: &[ToolSpec]) -> String;
+
+    /// The text a model writes to make `calls`, which [`ToolCallFormat::parse`] reads back as
+    /// the same names and arguments: how demonstrations put a scripted agent's calls into the
+    /// policy's own words.
+    fn render(&self, calls: &[ToolCall]) -> String;
+}
+
+/// A call as the JSON text `{"name": …, "arguments": {…}}`, name first as the tool
+/// instructions show it; arguments that are not JSON are kept as a string.
+fn call_json(call: &ToolCall) -> String {
+    let arguments = serde_json::from_str::<Value>(&call.arguments)
+        .unwrap_or_else(|_| Value::String(call.arguments.clone()));
+    format!(
+        "{{\"name\": {}, \"arguments\": {arguments}}}",
+        Value::String(call.name.clone())
+    )
 }
 
 fn call_id(turn: usize, i: usize) -> String {
@@ -105,6 +121,21 @@ impl ToolCallFormat for Hermes {
             tools_json(tools)
         )
     }
+
+    fn render(&self, calls: &[ToolCall]) -> String {
+        calls
+            .iter()
+            // `<` appears in JSON only inside strings, where `\u003c` reads back the same: a
+            // `</tool_call>` in an argument cannot close the block early.
+            .map(|c| {
+                format!(
+                    "<tool_call>\n{}\n</tool_call>",
+                    call_json(c).replace('<', "\\u003c")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 /// A message that is (or ends with) a JSON list of calls:
@@ -167,5 +198,10 @@ impl ToolCallFormat for JsonList {
              list of calls: [{{\"name\": <function-name>, \"arguments\": <args-json-object>}}]",
             tools_json(tools)
         )
+    }
+
+    fn render(&self, calls: &[ToolCall]) -> String {
+        let items: Vec<String> = calls.iter().map(call_json).collect();
+        format!("[{}]", items.join(", "))
     }
 }

@@ -102,3 +102,96 @@ async fn smollm2_rolls_out_customer_service_tasks_with_exact_token_records() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oracle_demonstrations_in_smollm2_tokens_succeed_strictly_and_train() {
+    use mtrl_env::sop_bench::{CanonicalAgent, DOMAINS, EVALUATION_ONLY};
+    use mtrl_eval::{FinalOutputEvaluator, Summary, evaluate_all};
+    use std::sync::Arc;
+    let source = Source::from_env();
+    if Domain::load(&source, "customer_service").is_err() {
+        eprintln!("notice: SOP-Bench is not reachable; skipping");
+        return;
+    }
+    let path = mtrl_train::assets::smollm2_gguf().expect("SmolLM2 GGUF");
+    let loaded = ModelSource::Gguf(path).load(&Device::Cpu).unwrap();
+    let (tokenizer, template) = (Arc::new(loaded.tokenizer), Arc::new(loaded.template));
+    let tito = mtrl_train::Tito {
+        tokenizer: &tokenizer,
+        template: &template,
+        format: &mtrl_train::toolcall::Hermes,
+    };
+    // Every domain whose licence allows training.
+    for name in DOMAINS.iter().filter(|d| !EVALUATION_ONLY.contains(d)) {
+        let domain = Domain::load(&source, name).unwrap();
+        let tasks: Vec<_> = domain
+            .tasks(InputPolicy::Mtrl)
+            .unwrap()
+            .into_iter()
+            .take(3)
+            .collect();
+        let oracle = mtrl_train::Demonstrator::new(
+            CanonicalAgent::new(&domain).answering(&domain),
+            tokenizer.clone(),
+            template.clone(),
+        );
+        let demos: Vec<_> = RolloutDriver::new(Limits {
+            max_turns: domain.tools().len() + 2,
+            ..Limits::default()
+        })
+        .run_batch(
+            &oracle,
+            &domain.environment(Mode::Strict).unwrap(),
+            &tasks,
+            1,
+        )
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+        // The same script, its calls given directly rather than written by the policy's tokens.
+        let direct: Vec<_> = RolloutDriver::new(Limits {
+            max_turns: domain.tools().len() + 2,
+            ..Limits::default()
+        })
+        .run_batch(
+            &CanonicalAgent::new(&domain).answering(&domain),
+            &domain.environment(Mode::Strict).unwrap(),
+            &tasks,
+            1,
+        )
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+        let records = evaluate_all(&FinalOutputEvaluator::new(), &tasks, &demos)
+            .await
+            .unwrap();
+        let summary = Summary::from_records(&records).overall;
+        assert_eq!(summary.tsr(), 1.0, "{name}: {:?}", summary.failures);
+        for (t, d) in demos.iter().zip(&direct) {
+            // The calls parsed back from the rendered text reached the tools, and fared as the
+            // script's own calls do.
+            let o = t.tool_outcomes();
+            assert_eq!(o.calls, domain.tools().len(), "{name}");
+            assert_eq!(o, d.tool_outcomes(), "{name}");
+            for (a, b) in t.turns.iter().zip(&d.turns) {
+                let names = |m: &mtrl_core::Message| -> Vec<(String, serde_json::Value)> {
+                    m.tool_calls
+                        .iter()
+                        .map(|c| (c.name.clone(), serde_json::from_str(&c.arguments).unwrap()))
+                        .collect()
+                };
+                assert_eq!(names(&a.action), names(&b.action), "{name}");
+            }
+            let check = tito.check(t).unwrap();
+            assert!(check.is_exact(), "{name}: {check:?}");
+            let samples = mtrl_train::rl::Sample::from_trajectory(t, 0.0).unwrap();
+            let trained: usize = samples.iter().map(|s| s.at.len()).sum();
+            assert_eq!(
+                trained, check.sampled,
+                "{name}: every demonstrated token trains"
+            );
+        }
+    }
+}

@@ -244,3 +244,38 @@ fn tool_call_formats_read_calls_and_keep_malformed_ones() {
     let section = JsonList.system_section(&[lookup_tool()]);
     assert!(section.contains("lookup"));
 }
+
+#[test]
+fn each_format_reads_back_the_calls_it_renders() {
+    let calls = vec![
+        mtrl_core::ToolCall {
+            id: "a".into(),
+            name: "lookup".into(),
+            arguments: json!({"id": "R-1", "n": 2, "nested": {"q": "a \"quoted\" </tool_call>"}})
+                .to_string(),
+        },
+        mtrl_core::ToolCall {
+            id: "b".into(),
+            name: "close".into(),
+            arguments: "{}".into(),
+        },
+    ];
+    let formats: [&dyn ToolCallFormat; 2] = [&Hermes, &JsonList];
+    for format in formats {
+        let text = format.render(&calls);
+        let back = format.parse(&text, 3);
+        assert_eq!(back.malformed, 0, "{text}");
+        let pairs: Vec<(String, serde_json::Value)> = back
+            .calls
+            .iter()
+            .map(|c| (c.name.clone(), serde_json::from_str(&c.arguments).unwrap()))
+            .collect();
+        let want: Vec<(String, serde_json::Value)> = calls
+            .iter()
+            .map(|c| (c.name.clone(), serde_json::from_str(&c.arguments).unwrap()))
+            .collect();
+        assert_eq!(pairs, want, "{text}");
+    }
+    assert_eq!(Hermes.render(&[]), "");
+    assert_eq!(JsonList.render(&[]), "[]");
+}

@@ -85,6 +85,8 @@ pub struct CanonicalAgent {
     domain: String,
     tools: Vec<ToolSpec>,
     rows: HashMap<String, HashMap<String, String>>,
+    /// The output columns to answer with, for an oracle; `None`: an empty answer.
+    answers: Option<Vec<String>>,
 }
 
 impl CanonicalAgent {
@@ -95,7 +97,18 @@ impl CanonicalAgent {
             domain: domain.name.clone(),
             tools: domain.tools.clone(),
             rows,
+            answers: None,
         }
+    }
+
+    /// The same script, answering at the end with the task's labelled outputs in the strict
+    /// `<final_output>` format instead of an empty answer: an oracle, whose episodes succeed
+    /// under the strict evaluator. It reads the labels, so it serves for demonstrations (an
+    /// SFT warm start) and tests, never as a baseline.
+    #[must_use]
+    pub fn answering(mut self, domain: &Domain) -> Self {
+        self.answers = Some(domain.output_columns.clone());
+        self
     }
 
     /// The canonical arguments of `tool` for a row, given the earlier tool results.
@@ -187,9 +200,23 @@ impl Agent for CanonicalAgent {
     async fn act(&self, ctx: &TurnContext<'_>) -> mtrl_core::Result<Action> {
         let i = ctx.turn_index();
         let Some(tool) = self.tools.get(i) else {
-            return Ok(Action::new(Message::assistant(
+            let answer: Map<String, Value> = match &self.answers {
+                Some(columns) => {
+                    let row = self.rows.get(ctx.task.id());
+                    columns
+                        .iter()
+                        .map(|c| {
+                            let v = row.and_then(|r| r.get(c)).cloned().unwrap_or_default();
+                            (c.clone(), Value::String(v))
+                        })
+                        .collect()
+                }
+                None => Map::new(),
+            };
+            return Ok(Action::new(Message::assistant(format!(
                 "<final_output>{}</final_output>",
-            )));
+                Value::Object(answer)
+            ))));
         };
         let row = self.rows.get(ctx.task.id()).cloned().unwrap_or_default();
         let earlier: Vec<Value> = ctx
