@@ -59,6 +59,24 @@ pub struct EngineConfig {
     pub prefill_chunk: usize,
 }
 
+impl EngineConfig {
+    /// Decoding whose bits do not depend on timing: each sequence decoded alone (a batch of
+    /// one) and no prefix cache. A row's logits computed in a batch, or its prompt computed
+    /// after a cached prefix, differ from the same computation done alone in the last bits, and
+    /// which batch a request joins depends on timing. With this, one episode at a time (rollout
+    /// concurrency of one: interleaved episodes still move the last bits) and a fixed thread
+    /// count, two runs of a seed sample the same tokens with the same logprobs, so a resumed
+    /// run ends bit for bit where the uninterrupted one ends. It is slower: no batching.
+    pub fn deterministic() -> Self {
+        Self {
+            max_batch: 1,
+            gather: Duration::ZERO,
+            prefix_cache_tokens: 0,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {

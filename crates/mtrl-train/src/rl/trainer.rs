@@ -162,6 +162,10 @@ pub struct TrainState {
     pub epoch: u64,
     /// The next task of this epoch's order.
     pub position: usize,
+    /// The last step whose validation was recorded ([`Trainer::validate`]), so that a run
+    /// resumed from a checkpoint does not validate (and record) that step again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validated: Option<u64>,
 }
 
 /// One sequence to train on: its ids and the positions whose next token is trained.
@@ -607,20 +611,29 @@ impl<A: Agent, F: EnvironmentFactory> Trainer<A, F> {
         let mut metrics = StepMetrics::new(self.state.step);
         metrics.record_validation(&records, None, None);
         self.emit(&metrics)?;
+        self.state.validated = Some(self.state.step);
         Ok(Summary::from_records(&records))
     }
 
     /// The whole run: validation of the untrained policy, then `steps` RL steps with
     /// validation every `eval_every` steps and at the end, and checkpoints every
-    /// `checkpoint_every` steps under `checkpoints` (if given). Resumes from wherever
-    /// [`Trainer::state`] stands.
+    /// `checkpoint_every` steps under `checkpoints` (if given; also `step-000000`, the
+    /// starting point after any warm start). Resumes from wherever [`Trainer::state`] stands.
     ///
     /// # Errors
     /// As [`Trainer::step`], [`Trainer::validate`] and [`Trainer::save_checkpoint`].
     pub async fn run(&mut self, checkpoints: Option<&Path>) -> Result<(), Error> {
         let has_val = !self.val.is_empty();
-        if self.state.step == 0 && has_val {
+        if self.state.step == 0 && has_val && self.state.validated.is_none() {
             self.validate().await?;
+        }
+        if let Some(dir) = checkpoints {
+            // The starting point (after any warm start), so that a kill before the first
+            // step's checkpoint still resumes without redoing what came before.
+            let start = dir.join(format!("step-{:06}", self.state.step));
+            if self.config.checkpoint_every > 0 && self.state.step == 0 {
+                self.save_checkpoint(&start)?;
+            }
         }
         while (self.state.step as usize) < self.config.steps {
             self.step().await?;

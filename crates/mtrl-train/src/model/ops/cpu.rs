@@ -183,10 +183,13 @@ pub(crate) fn rms_norm_grad_x<T: Float>(x: &[T], w: &[T], g: &[T], eps: f32) -> 
     out
 }
 
-/// The gradient of [`rms_norm`] with respect to its weight (`h` wide): `Σ_rows g · x̂`.
+/// The gradient of [`rms_norm`] with respect to its weight (`h` wide): `Σ_rows g · x̂`. The
+/// chunks' partial sums are added in chunk order, so the bits do not depend on how rayon split
+/// the work (a parallel `reduce` does, and a resumed run would drift from the uninterrupted
+/// one).
 pub(crate) fn rms_norm_grad_w<T: Float>(x: &[T], g: &[T], h: usize, eps: f32) -> Vec<T> {
     let chunk = rows_per_task(h) * h;
-    let sums = x
+    let partials: Vec<Vec<f32>> = x
         .par_chunks(chunk)
         .zip(g.par_chunks(chunk))
         .map(|(x, g)| {
@@ -199,15 +202,13 @@ pub(crate) fn rms_norm_grad_w<T: Float>(x: &[T], g: &[T], h: usize, eps: f32) ->
             }
             acc
         })
-        .reduce(
-            || vec![0f32; h],
-            |mut a, b| {
-                for (a, b) in a.iter_mut().zip(&b) {
-                    *a += b;
-                }
-                a
-            },
-        );
+        .collect();
+    let mut sums = vec![0f32; h];
+    for part in &partials {
+        for (s, p) in sums.iter_mut().zip(part) {
+            *s += p;
+        }
+    }
     sums.into_iter().map(T::of_f32).collect()
 }
 

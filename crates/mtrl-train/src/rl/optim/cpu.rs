@@ -154,11 +154,14 @@ impl InplaceOp3 for Param {
     }
 }
 
-/// `Σ x²`, accumulated in f64.
+/// `Σ x²`, accumulated in f64. The chunks' partial sums are added in order, so the result
+/// does not depend on how rayon split the work (a parallel `sum` does).
 pub(super) fn sum_squares(x: &[f32]) -> f64 {
-    x.par_chunks(CHUNK)
+    let partials: Vec<f64> = x
+        .par_chunks(CHUNK)
         .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
-        .sum()
+        .collect();
+    partials.iter().sum()
 }
 
 /// `x · factor`.
