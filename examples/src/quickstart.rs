@@ -11,13 +11,15 @@ use std::time::Instant;
 use candle_core::Device;
 use mtrl_core::rollout::{Limits, RolloutDriver};
 use mtrl_core::{Task, Trajectory};
-use mtrl_eval::monitor::{AlarmConfig, HackingAlarm, JsonlSink, Report};
+use mtrl_eval::monitor::{AlarmConfig, HackingAlarm, JsonlSink, Report, read_metrics_log};
 use mtrl_eval::{Bootstrap, Estimate, EvalRecord, FinalOutputEvaluator};
 use mtrl_reward::ExactMatch;
 use mtrl_train::CandleAgent;
 use mtrl_train::engine::EngineConfig;
 use mtrl_train::model::{Architecture, CausalLm, ModelConfig, Params};
-use mtrl_train::rl::{Aggregation, Estimator, PpoClip, TrainConfig, Trainer};
+use mtrl_train::rl::{
+    Aggregation, Estimator, PpoClip, TrainConfig, Trainer, checkpoint_dirs, latest_checkpoint,
+};
 use mtrl_train::sampler::SamplingParams;
 
 use crate::episodes;
@@ -25,7 +27,8 @@ use crate::progress::ProgressSink;
 use crate::returns_desk::{self, Decisions, Expert};
 
 /// The sizes of a quickstart run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QuickstartOptions {
     /// Where the metrics, report and checkpoint go.
     pub out: PathBuf,
@@ -55,6 +58,14 @@ pub struct QuickstartOptions {
     pub kl: f64,
     /// How the demonstrations decide (random by default: SFT teaches the procedure only).
     pub demo_decisions: Decisions,
+    /// Checkpoint GRPO every this many steps under `checkpoints/` (and its start, after SFT),
+    /// so that a killed run resumes (`mtrl quickstart --resume`); 0: only the final one.
+    pub checkpoint_every: usize,
+    /// One episode at a time, each decoded alone without the prefix cache
+    /// ([`EngineConfig::deterministic`]): slower, but two runs of a seed on the same thread
+    /// count (or a run and its resumption) agree bit for bit.
+    #[serde(default)]
+    pub deterministic: bool,
 }
 
 impl QuickstartOptions {
@@ -75,6 +86,8 @@ impl QuickstartOptions {
             lr: 1e-3,
             kl: 0.0,
             demo_decisions: Decisions::Random,
+            checkpoint_every: 20,
+            deterministic: false,
         }
     }
 
@@ -96,11 +109,14 @@ impl QuickstartOptions {
             aggregation: Aggregation::TokenMean,
             recompute_old_logprobs: false,
             eval_every: 20,
-            checkpoint_every: 0,
+            checkpoint_every: self.checkpoint_every,
             concurrency: 128,
             ..TrainConfig::default()
         };
         config.optimizer.lr = self.lr;
+        if self.deterministic {
+            config.concurrency = 1;
+        }
         config
     }
 
@@ -147,6 +163,7 @@ impl QuickstartOptions {
             rl_steps: 2,
             tasks_per_step: 2,
             group_size: 4,
+            checkpoint_every: 1,
             ..Self::full(out)
         }
     }
@@ -182,6 +199,10 @@ pub struct QuickstartReport {
     pub report: PathBuf,
     /// The metrics file.
     pub metrics: PathBuf,
+    /// The final checkpoint.
+    pub checkpoint: PathBuf,
+    /// Held-out test tasks (the table's).
+    pub test_tasks: usize,
 }
 
 impl QuickstartReport {
@@ -268,8 +289,54 @@ pub async fn run(opts: &QuickstartOptions) -> Result<QuickstartReport, Box<dyn s
     run_forced(opts, false).await
 }
 
+/// The options a run saved in its `out` (and which `--resume` reads back).
+pub const OPTIONS_FILE: &str = "options.json";
+
+/// Continues the quickstart whose outputs are in `out` (killed or stopped during GRPO) from
+/// its latest complete checkpoint, with the options it saved there: the untrained and SFT
+/// evaluations and the warm start are kept, not redone; `metrics.jsonl` loses the records
+/// written after that checkpoint, so no step appears twice. It ends exactly where the
+/// uninterrupted run ends: the same weights, metrics (timings excepted) and table.
+///
+/// # Errors
+/// No saved options, no complete checkpoint, or any stage's error.
+pub async fn resume(out: &Path) -> Result<QuickstartReport, Box<dyn std::error::Error>> {
+    let path = out.join(OPTIONS_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "{}: {e} (is {} the output directory of a quickstart run?)",
+            path.display(),
+            out.display()
+        )
+    })?;
+    let mut opts: QuickstartOptions =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    opts.out = out.to_path_buf();
+    opts.check()?;
+    run_inner(&opts, Start::Resume).await
+}
+
+/// How a run begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// From nothing; an earlier run's outputs are replaced only when forced.
+    Fresh { force: bool },
+    /// From the latest complete checkpoint.
+    Resume,
+}
+
+/// The evaluation records kept as `out/eval/<name>.jsonl`, as successes.
+fn kept(out: &Path, name: &str) -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+    let path = out.join("eval").join(format!("{name}.jsonl"));
+    let file = std::fs::File::open(&path)
+        .map_err(|e| format!("{}: {e} (kept by the run being resumed)", path.display()))?;
+    let records: Vec<EvalRecord> = mtrl_core::read_jsonl(std::io::BufReader::new(file))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(episodes::successes(&records))
+}
+
 /// What the quickstart writes under its `out`; a forced run removes them first.
-pub const OUTPUTS: [&str; 7] = [
+pub const OUTPUTS: [&str; 8] = [
     "metrics.jsonl",
     "sft_metrics.jsonl",
     "demonstration.txt",
@@ -277,6 +344,7 @@ pub const OUTPUTS: [&str; 7] = [
     "report",
     "checkpoint",
     "checkpoints",
+    OPTIONS_FILE,
 ];
 
 /// [`run`], replacing an earlier run's outputs in `opts.out` when `force` is set (without it,
@@ -288,11 +356,25 @@ pub async fn run_forced(
     opts: &QuickstartOptions,
     force: bool,
 ) -> Result<QuickstartReport, Box<dyn std::error::Error>> {
+    run_inner(opts, Start::Fresh { force }).await
+}
+
+async fn run_inner(
+    opts: &QuickstartOptions,
+    how: Start,
+) -> Result<QuickstartReport, Box<dyn std::error::Error>> {
     let start = Instant::now();
     opts.check()?;
-    crate::outputs::check_dir(&opts.out, force)?;
-    crate::outputs::clear(&opts.out, &OUTPUTS)?;
-    std::fs::create_dir_all(&opts.out)?;
+    let resuming = how == Start::Resume;
+    if let Start::Fresh { force } = how {
+        crate::outputs::check_dir(&opts.out, force)?;
+        crate::outputs::clear(&opts.out, &OUTPUTS)?;
+        std::fs::create_dir_all(&opts.out)?;
+        std::fs::write(
+            opts.out.join(OPTIONS_FILE),
+            serde_json::to_string_pretty(opts)?,
+        )?;
+    }
     let all = returns_desk::tasks(
         opts.train_tasks + opts.val_tasks + opts.test_tasks,
         opts.seed,
@@ -338,10 +420,14 @@ pub async fn run_forced(
     let config = policy_config(tokenizer.vocab_size());
     let params = Params::random(&config, opts.seed, &Device::Cpu)?;
     let model = Arc::new(CausalLm::new(config, params, &Device::Cpu)?);
-    let engine = EngineConfig {
-        max_batch: 128,
-        gather: std::time::Duration::from_millis(5),
-        ..EngineConfig::default()
+    let engine = if opts.deterministic {
+        EngineConfig::deterministic()
+    } else {
+        EngineConfig {
+            max_batch: 128,
+            gather: std::time::Duration::from_millis(5),
+            ..EngineConfig::default()
+        }
     };
     let sampling = SamplingParams {
         max_tokens: 48,
@@ -370,26 +456,172 @@ pub async fn run_forced(
         .tasks(train.clone(), val)
         .limits(limits.clone())
         .config(train_config)
-        .sink(Box::new(ProgressSink::new(
-            Box::new(JsonlSink::create(&metrics_path)?),
+        .build()?;
+    let checkpoints = opts.out.join("checkpoints");
+    let sink = |inner: JsonlSink| {
+        Box::new(ProgressSink::new(
+            Box::new(inner),
             opts.rl_steps as u64,
             "GRPO",
-        )))
-        .build()?;
+        ))
+    };
 
-    let untrained = keep(
-        &opts.out,
-        "untrained",
-        trainer.evaluate_episodes(&test).await?,
-    )?;
+    let (untrained, sft) = if resuming {
+        let mut candidates = checkpoint_dirs(&checkpoints)?;
+        let last = opts.out.join("checkpoint");
+        if last.is_dir() {
+            candidates.push(last);
+        }
+        let scan = latest_checkpoint(&candidates);
+        for refused in &scan.refused {
+            say(&format!("skipping a checkpoint: {refused}"));
+        }
+        let found = scan.latest.ok_or_else(|| {
+            format!(
+                "no complete checkpoint under {} to resume from; start again with --force",
+                opts.out.display()
+            )
+        })?;
+        if opts.kl != 0.0 {
+            // The KL reference is the SFT policy: GRPO's starting checkpoint.
+            let start = checkpoints.join("step-000000");
+            trainer.resume(&start)?;
+            trainer.set_reference(Arc::new(model.merged()?));
+        }
+        trainer.resume(&found.dir)?;
+        let (inner, removed) = JsonlSink::resume(&metrics_path, found.state.step)?;
+        trainer.set_sink(sink(inner));
+        say(&format!(
+            "resuming GRPO at step {} of {} from {} ({removed} later metrics record(s) removed)",
+            found.state.step,
+            opts.rl_steps,
+            found.dir.display()
+        ));
+        (kept(&opts.out, "untrained")?, kept(&opts.out, "sft")?)
+    } else {
+        trainer.set_sink(sink(JsonlSink::create(&metrics_path)?));
+        let untrained = keep(
+            &opts.out,
+            "untrained",
+            trainer.evaluate_episodes(&test).await?,
+        )?;
+        let setting = Setting {
+            train: &train,
+            test: &test,
+            factory: &factory,
+            limits: &limits,
+            tokenizer: &tokenizer,
+            template: &template,
+        };
+        let sft = warm_start(opts, &mut trainer, &setting).await?;
+        let sft = keep(&opts.out, "sft", sft)?;
+        if opts.kl != 0.0 {
+            trainer.set_reference(Arc::new(model.merged()?));
+        }
+        (untrained, sft)
+    };
     let untrained_tsr = untrained.iter().sum::<f64>() / untrained.len().max(1) as f64;
 
+    let t = Instant::now();
+    trainer.run(Some(&checkpoints)).await?;
+    say(&format!(
+        "GRPO: {} steps of {} tasks x {} samples ({:.0} s)",
+        opts.rl_steps,
+        opts.tasks_per_step,
+        opts.group_size,
+        t.elapsed().as_secs_f64()
+    ));
+    let grpo = keep(&opts.out, "grpo", trainer.evaluate_episodes(&test).await?)?;
+    let checkpoint = opts.out.join("checkpoint");
+    trainer.save_checkpoint(&checkpoint)?;
+
+    let common = returns_desk::most_common(&train);
+    let baseline: Vec<f64> = test
+        .iter()
+        .map(|t| f64::from(u8::from(t.ground_truth()["decision"] == common)))
+        .collect();
+    let boot = Bootstrap {
+        seed: opts.seed,
+        ..Bootstrap::default()
+    };
+    let diff = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x - y).collect() };
+    let rows = vec![
+        Row {
+            name: format!("most common answer ({common})"),
+            tsr: boot.estimate(&baseline)?,
+        },
+        Row {
+            name: "SFT only".into(),
+            tsr: boot.estimate(&sft)?,
+        },
+        Row {
+            name: "SFT + GRPO".into(),
+            tsr: boot.estimate(&grpo)?,
+        },
+    ];
+    // The whole run's records, the part before a resumption included.
+    let history = read_metrics_log(&metrics_path)?.steps;
+    let alarm = HackingAlarm::new(AlarmConfig::default());
+    let raised = alarm.scan(&history);
+    let alarms: Vec<String> = raised
+        .iter()
+        .map(|a| format!("{} at step {}", a.kind.as_str(), a.step))
+        .collect();
+    let files = Report::new("mtrl quickstart: returns_desk")
+        .history(&history)
+        .alarms(raised)
+        .write(opts.out.join("report"))?;
+    Ok(QuickstartReport {
+        gain_over_sft: boot.estimate(&diff(&grpo, &sft))?,
+        gain_over_baseline: boot.estimate(&diff(&grpo, &baseline))?,
+        rows,
+        untrained: untrained_tsr,
+        alarms,
+        audit_findings,
+        seconds: start.elapsed().as_secs_f64(),
+        report: files.html,
+        metrics: metrics_path,
+        checkpoint,
+        test_tasks: opts.test_tasks,
+    })
+}
+
+/// Where the quickstart writes by default.
+pub fn default_out() -> PathBuf {
+    Path::new("runs").join("quickstart")
+}
+
+/// What the warm start works with.
+struct Setting<'a> {
+    train: &'a [Task],
+    test: &'a [Task],
+    factory: &'a mtrl_env::ToolEnvironmentFactory,
+    limits: &'a Limits,
+    tokenizer: &'a Arc<mtrl_train::Tokenizer>,
+    template: &'a Arc<mtrl_train::ChatTemplate>,
+}
+
+/// The SFT warm start: the demonstrator's episodes on the first training tasks, then
+/// [`Trainer::sft`]; returns the SFT policy's held-out episodes.
+async fn warm_start(
+    opts: &QuickstartOptions,
+    trainer: &mut Trainer<CandleAgent, mtrl_env::ToolEnvironmentFactory>,
+    setting: &Setting<'_>,
+) -> Result<(Vec<Trajectory>, Vec<EvalRecord>), Box<dyn std::error::Error>> {
+    let Setting {
+        train,
+        test,
+        factory,
+        limits,
+        tokenizer,
+        template,
+    } = *setting;
     let demo_tasks: Vec<Task> = train[..opts.demonstrations.min(train.len())].to_vec();
     let demonstrator =
         Expert::new(tokenizer.clone(), template.clone()).deciding(opts.demo_decisions);
     let demos: Vec<Trajectory> = RolloutDriver::new(limits.clone())
         .with_seed(opts.seed)
-        .run_batch(&demonstrator, &factory, &demo_tasks, 1)
+        .run_batch(&demonstrator, factory, &demo_tasks, 1)
         .await
         .into_iter()
         .flatten()
@@ -431,72 +663,5 @@ pub async fn run_forced(
         t.elapsed().as_secs_f64(),
         sft_metrics.display()
     ));
-    let sft = keep(&opts.out, "sft", trainer.evaluate_episodes(&test).await?)?;
-
-    if opts.kl != 0.0 {
-        trainer.set_reference(Arc::new(model.merged()?));
-    }
-    let t = Instant::now();
-    trainer.run(None).await?;
-    say(&format!(
-        "GRPO: {} steps of {} tasks x {} samples ({:.0} s)",
-        opts.rl_steps,
-        opts.tasks_per_step,
-        opts.group_size,
-        t.elapsed().as_secs_f64()
-    ));
-    let grpo = keep(&opts.out, "grpo", trainer.evaluate_episodes(&test).await?)?;
-    let checkpoint = opts.out.join("checkpoint");
-    trainer.save_checkpoint(&checkpoint)?;
-
-    let common = returns_desk::most_common(&train);
-    let baseline: Vec<f64> = test
-        .iter()
-        .map(|t| f64::from(u8::from(t.ground_truth()["decision"] == common)))
-        .collect();
-    let boot = Bootstrap {
-        seed: opts.seed,
-        ..Bootstrap::default()
-    };
-    let diff = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x - y).collect() };
-    let rows = vec![
-        Row {
-            name: format!("most common answer ({common})"),
-            tsr: boot.estimate(&baseline)?,
-        },
-        Row {
-            name: "SFT only".into(),
-            tsr: boot.estimate(&sft)?,
-        },
-        Row {
-            name: "SFT + GRPO".into(),
-            tsr: boot.estimate(&grpo)?,
-        },
-    ];
-    let alarm = HackingAlarm::new(AlarmConfig::default());
-    let alarms: Vec<String> = alarm
-        .scan(trainer.history())
-        .iter()
-        .map(|a| format!("{} at step {}", a.kind.as_str(), a.step))
-        .collect();
-    let files = Report::new("mtrl quickstart: returns_desk")
-        .history(trainer.history())
-        .alarms(alarm.scan(trainer.history()))
-        .write(opts.out.join("report"))?;
-    Ok(QuickstartReport {
-        gain_over_sft: boot.estimate(&diff(&grpo, &sft))?,
-        gain_over_baseline: boot.estimate(&diff(&grpo, &baseline))?,
-        rows,
-        untrained: untrained_tsr,
-        alarms,
-        audit_findings,
-        seconds: start.elapsed().as_secs_f64(),
-        report: files.html,
-        metrics: metrics_path,
-    })
-}
-
-/// Where the quickstart writes by default.
-pub fn default_out() -> PathBuf {
-    Path::new("runs").join("quickstart")
+    Ok(trainer.evaluate_episodes(test).await?)
 }

@@ -8,17 +8,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Device;
-use mtrl_core::rollout::Limits;
+use mtrl_core::rollout::{Limits, RolloutDriver, derive_seed};
 use mtrl_core::{Task, Trajectory, TurnLength};
-use mtrl_env::sop_bench::{Domain, InputPolicy, Mode, Source, Splits};
-use mtrl_eval::monitor::{AlarmConfig, HackingAlarm, JsonlSink, Report};
-use mtrl_eval::{Bootstrap, EvalRecord, FinalOutputEvaluator};
+use mtrl_env::sop_bench::{CanonicalAgent, Domain, InputPolicy, Mode, Source, Splits};
+use mtrl_eval::monitor::MetricsSink;
+use mtrl_eval::monitor::{AlarmConfig, HackingAlarm, JsonlSink, Report, read_metrics_log};
+use mtrl_eval::{Bootstrap, EvalRecord, FinalOutputEvaluator, evaluate_all};
 use mtrl_reward::{ExactMatch, FieldAccuracy, Format, ToolCallValidity, WeightedSum};
-use mtrl_train::CandleAgent;
 use mtrl_train::engine::EngineConfig;
-use mtrl_train::model::{Lora, LoraConfig, ModelSource, Precision};
-use mtrl_train::rl::{TrainConfig, Trainer};
+use mtrl_train::model::{CausalLm, Lora, LoraConfig, ModelConfig, ModelSource, Precision};
+use mtrl_train::rl::{FoundCheckpoint, TrainConfig, Trainer, checkpoint_dirs, latest_checkpoint};
 use mtrl_train::sampler::SamplingParams;
+use mtrl_train::{CandleAgent, Demonstrator};
 use serde::{Deserialize, Serialize};
 
 use crate::episodes;
@@ -47,6 +48,38 @@ pub struct Recipe {
     /// The trainer.
     #[serde(default)]
     pub train: TrainConfig,
+    /// An SFT warm start on the oracle's demonstrations of the training split, before RL;
+    /// none when absent.
+    #[serde(default)]
+    pub sft: Option<SftSpec>,
+}
+
+/// `[sft]`: a supervised warm start before RL, on demonstrations by the domain's oracle
+/// ([`CanonicalAgent::answering`]: the canonical tool calls, then the labelled answer),
+/// written in the policy's own chat template and tool-call format ([`Demonstrator`]). Only
+/// the demonstrations that pass the strict evaluator under the rollout limits are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SftSpec {
+    /// Demonstrate the first this many training tasks (all when unset).
+    pub demonstrations: Option<usize>,
+    /// Passes over the demonstrations.
+    pub epochs: usize,
+    /// Sequences per update.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+}
+
+impl Default for SftSpec {
+    fn default() -> Self {
+        Self {
+            demonstrations: None,
+            epochs: 3,
+            batch: 8,
+            lr: 1e-4,
+        }
+    }
 }
 
 /// Where the model comes from: exactly one of `gguf`, `hf_dir` or `hub`.
@@ -68,6 +101,66 @@ pub struct ModelSpec {
     pub context_window: Option<usize>,
     /// The compute precision: `auto` (bf16 on CUDA, f32 on the CPU), `f32`, `bf16` or `f16`.
     pub precision: Precision,
+    /// `[model.random]`: replace the loaded weights with a seeded random network of this
+    /// (small) shape, keeping the source's tokenizer, chat template and architecture. For smoke
+    /// and resume tests of the whole pipeline on real data at a fraction of the cost; never
+    /// for training a policy.
+    pub random: Option<RandomShape>,
+}
+
+/// A small random network for pipeline tests ([`ModelSpec::random`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RandomShape {
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLP.
+    pub intermediate_size: usize,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Attention heads (they divide `hidden_size`).
+    pub heads: usize,
+    /// Key/value heads (they divide `heads`).
+    pub kv_heads: usize,
+    /// Seeds the weights.
+    pub seed: u64,
+}
+
+impl RandomShape {
+    /// `config` with this shape.
+    ///
+    /// # Errors
+    /// [`RecipeError::Invalid`] for a zero size or heads that do not divide.
+    pub fn apply(&self, config: &ModelConfig) -> Result<ModelConfig, RecipeError> {
+        let bad = |why: &str| Err(RecipeError::Invalid(format!("[model.random] {why}")));
+        if [
+            self.hidden_size,
+            self.intermediate_size,
+            self.layers,
+            self.heads,
+            self.kv_heads,
+        ]
+        .contains(&0)
+        {
+            return bad("sizes must be at least 1");
+        }
+        if self.hidden_size % self.heads != 0 || self.heads % self.kv_heads != 0 {
+            return bad("heads must divide hidden_size, and kv_heads divide heads");
+        }
+        let head_dim = self.hidden_size / self.heads;
+        if head_dim % 2 != 0 {
+            return bad("hidden_size / heads must be even (rotary embedding)");
+        }
+        Ok(ModelConfig {
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_layers: self.layers,
+            num_heads: self.heads,
+            num_kv_heads: self.kv_heads,
+            head_dim,
+            ..config.clone()
+        })
+    }
 }
 
 /// The SOP-Bench domain and its splits.
@@ -248,6 +341,22 @@ impl Recipe {
                 "[data] fractions {f:?} must be in [0, 1] and add up to 1"
             )));
         }
+        if let Some(sft) = &self.sft {
+            if sft.epochs == 0 || sft.batch == 0 {
+                return Err(RecipeError::Invalid(
+                    "[sft] epochs and batch must be at least 1".into(),
+                ));
+            }
+            if !(sft.lr.is_finite() && sft.lr > 0.0) {
+                return Err(RecipeError::Invalid(format!(
+                    "[sft] lr {} must be a positive number",
+                    sft.lr
+                )));
+            }
+        }
+        if let Some(shape) = &self.model.random {
+            shape.apply(&ModelConfig::tiny(mtrl_train::model::Architecture::Llama))?;
+        }
         self.train
             .validate()
             .map_err(|e| RecipeError::Invalid(format!("[train] {e}")))
@@ -364,6 +473,12 @@ fn say(text: &str) {
 struct Assembled {
     trainer: Trainer<CandleAgent, mtrl_env::sop_bench::SopBenchFactory>,
     splits: Splits,
+    /// The domain's oracle in the policy's tokens, for the warm start.
+    demonstrator: Demonstrator<CanonicalAgent>,
+    /// The environments, for the demonstrations.
+    factory: mtrl_env::sop_bench::SopBenchFactory,
+    /// The rollout limits.
+    limits: Limits,
 }
 
 fn assemble(
@@ -379,6 +494,7 @@ fn assemble(
         splits.test.len()
     ));
     let factory = domain.environment(Mode::Strict)?;
+    let oracle = CanonicalAgent::new(&domain).answering(&domain);
     let reward = recipe.reward.build()?;
     let source = recipe.model_source()?;
     say(&format!("loading the model from {source:?}"));
@@ -388,7 +504,20 @@ fn assemble(
     let template = Arc::new(loaded.template);
     let dtype = recipe.model.precision.dtype(&device);
     say(&format!("computing in {dtype:?} on {device:?}"));
-    let mut model = loaded.model.with_dtype(dtype)?;
+    let mut model = match &recipe.model.random {
+        Some(shape) => {
+            let config = shape.apply(loaded.model.config())?;
+            say(&format!(
+                "replacing the weights with a random network ({} layers, width {}): a pipeline \
+                 test, not a policy",
+                config.num_layers, config.hidden_size
+            ));
+            let params = mtrl_train::model::Params::random(&config, shape.seed, &device)?;
+            CausalLm::new(config, params, &device)?
+        }
+        None => loaded.model,
+    }
+    .with_dtype(dtype)?;
     if let Some(lora) = &recipe.lora {
         let adapters = Lora::new(
             lora.clone(),
@@ -419,8 +548,8 @@ fn assemble(
     .with_context_window(window);
     let greedy = CandleAgent::with_parts(
         model.clone(),
-        tokenizer,
-        template,
+        tokenizer.clone(),
+        template.clone(),
         SamplingParams::greedy(recipe.rollout.max_tokens_per_turn),
         engine,
     )
@@ -431,15 +560,22 @@ fn assemble(
         turn_length: recipe.rollout.turn_length,
         ..Limits::default()
     };
-    let trainer = Trainer::builder(model, agent, factory)
+    let demonstrator = Demonstrator::new(oracle, tokenizer.clone(), template.clone());
+    let trainer = Trainer::builder(model, agent, factory.clone())
         .reward(Arc::new(reward))
         .evaluator(Arc::new(FinalOutputEvaluator::new()))
         .eval_agent(Arc::new(greedy))
         .tasks(splits.train.clone(), splits.validation.clone())
-        .limits(limits)
+        .limits(limits.clone())
         .config(recipe.train.clone())
         .build()?;
-    Ok(Assembled { trainer, splits })
+    Ok(Assembled {
+        trainer,
+        splits,
+        demonstrator,
+        factory,
+        limits,
+    })
 }
 
 /// Writes episodes and records under `dir/<name>.{trajectories.,}jsonl` and returns strict TSR
@@ -451,7 +587,16 @@ fn keep(
     (trajectories, records): (Vec<Trajectory>, Vec<EvalRecord>),
 ) -> Result<String, Box<dyn std::error::Error>> {
     episodes::write(dir, name, &trajectories, &records)?;
-    let ok = episodes::successes(&records);
+    tsr_line(name, seed, &records)
+}
+
+/// Strict TSR of `records` with its 95% interval, as text.
+fn tsr_line(
+    name: &str,
+    seed: u64,
+    records: &[EvalRecord],
+) -> Result<String, Box<dyn std::error::Error>> {
+    let ok = episodes::successes(records);
     if ok.is_empty() {
         return Ok(format!("{name}: no tasks"));
     }
@@ -470,9 +615,10 @@ fn keep(
 }
 
 /// What `mtrl train` writes under the recipe's `out`; a forced run removes them first.
-pub const TRAIN_OUTPUTS: [&str; 6] = [
+pub const TRAIN_OUTPUTS: [&str; 7] = [
     "recipe.toml",
     "metrics.jsonl",
+    "sft_metrics.jsonl",
     "eval",
     "report",
     "checkpoint",
@@ -493,36 +639,148 @@ pub async fn train(
     recipe: &Recipe,
     force: bool,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    let start = Instant::now();
     outputs::check_dir(&recipe.out, force)?;
+    run(recipe, false).await
+}
+
+/// `mtrl train --resume DIR`: continues the run whose outputs are in `dir` (an earlier
+/// `mtrl train`'s `out`, killed or stopped) from its latest complete checkpoint, with the
+/// recipe it saved there. Checkpoints that are incomplete or damaged are skipped, and named.
+/// `metrics.jsonl` loses the records written after that checkpoint (the resumed run writes
+/// them again), so no step appears twice; the other outputs are kept. On the CPU the resumed
+/// run ends exactly where an uninterrupted one ends: the same weights and the same metrics,
+/// timings excepted.
+///
+/// # Errors
+/// No saved recipe, no complete checkpoint, a checkpoint of another config, or any stage's
+/// error.
+pub async fn resume(dir: &Path) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let saved = dir.join("recipe.toml");
+    if !saved.is_file() {
+        return Err(format!(
+            "{} is not the output directory of an `mtrl train` run: it has no recipe.toml",
+            dir.display()
+        )
+        .into());
+    }
+    let out = toml::Value::String(dir.display().to_string());
+    let recipe = Recipe::load(&saved, &[format!("out={out}")])?;
+    run(&recipe, true).await
+}
+
+/// The checkpoint a resumed run continues from: the furthest complete one under `out`.
+fn resumable(out: &Path) -> Result<FoundCheckpoint, Box<dyn std::error::Error>> {
+    let mut candidates = checkpoint_dirs(&out.join("checkpoints"))?;
+    let last = out.join("checkpoint");
+    if last.is_dir() {
+        candidates.push(last);
+    }
+    let scan = latest_checkpoint(&candidates);
+    for refused in &scan.refused {
+        say(&format!("skipping a checkpoint: {refused}"));
+    }
+    scan.latest.ok_or_else(|| {
+        format!(
+            "no complete checkpoint under {} to resume from ({} refused); start the run again \
+             with --force",
+            out.display(),
+            scan.refused.len()
+        )
+        .into()
+    })
+}
+
+async fn run(recipe: &Recipe, resuming: bool) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let start = Instant::now();
     let recipe_text = toml::to_string(recipe)?;
     let (domain, splits) = recipe.splits()?;
     domain
         .licence()
         .check_training(&recipe.data.domain, recipe.data.override_licence)?;
+    let found = if resuming {
+        Some(resumable(&recipe.out)?)
+    } else {
+        None
+    };
     let Assembled {
         mut trainer,
         splits,
+        demonstrator,
+        factory,
+        limits,
     } = assemble(recipe, domain, splits)?;
-    // Every check passed: the run starts, and only now writes.
-    outputs::clear(&recipe.out, &TRAIN_OUTPUTS)?;
-    std::fs::create_dir_all(&recipe.out)?;
-    std::fs::write(recipe.out.join("recipe.toml"), recipe_text)?;
     let metrics = recipe.out.join("metrics.jsonl");
-    trainer.set_sink(Box::new(ProgressSink::new(
-        Box::new(JsonlSink::create(&metrics)?),
-        recipe.train.steps as u64,
-        "train",
-    )));
     let eval_dir = recipe.out.join("eval");
-    say("evaluating the untrained policy on the test split");
-    let before = keep(
-        &eval_dir,
-        "before",
-        recipe.train.seed,
-        trainer.evaluate_episodes(&splits.test).await?,
-    )?;
-    say(&before);
+    let before = match &found {
+        Some(found) => {
+            trainer.resume(&found.dir)?;
+            let (sink, removed) = JsonlSink::resume(&metrics, found.state.step)?;
+            say(&format!(
+                "resuming at step {} of {} from {} ({removed} later metrics record(s) removed)",
+                found.state.step,
+                recipe.train.steps,
+                found.dir.display()
+            ));
+            trainer.set_sink(Box::new(ProgressSink::new(
+                Box::new(sink),
+                recipe.train.steps as u64,
+                "train",
+            )));
+            let mut lines = vec![tsr_line(
+                "before",
+                recipe.train.seed,
+                &read_records(&eval_dir, "before")?,
+            )?];
+            if recipe.sft.is_some() {
+                lines.push(tsr_line(
+                    "sft",
+                    recipe.train.seed,
+                    &read_records(&eval_dir, "sft")?,
+                )?);
+            }
+            lines
+        }
+        None => {
+            // Every check passed: the run starts, and only now writes.
+            outputs::clear(&recipe.out, &TRAIN_OUTPUTS)?;
+            std::fs::create_dir_all(&recipe.out)?;
+            std::fs::write(recipe.out.join("recipe.toml"), &recipe_text)?;
+            trainer.set_sink(Box::new(ProgressSink::new(
+                Box::new(JsonlSink::create(&metrics)?),
+                recipe.train.steps as u64,
+                "train",
+            )));
+            say("evaluating the untrained policy on the test split");
+            let mut lines = vec![keep(
+                &eval_dir,
+                "before",
+                recipe.train.seed,
+                trainer.evaluate_episodes(&splits.test).await?,
+            )?];
+            if let Some(sft) = &recipe.sft {
+                warm_start(
+                    recipe,
+                    sft,
+                    &mut trainer,
+                    &demonstrator,
+                    &factory,
+                    &limits,
+                    &splits,
+                )
+                .await?;
+                lines.push(keep(
+                    &eval_dir,
+                    "sft",
+                    recipe.train.seed,
+                    trainer.evaluate_episodes(&splits.test).await?,
+                )?);
+            }
+            lines
+        }
+    };
+    for line in &before {
+        say(line);
+    }
     say(&format!("training: {} steps", recipe.train.steps));
     trainer.run(Some(&recipe.out.join("checkpoints"))).await?;
     let checkpoint = recipe.out.join("checkpoint");
@@ -533,15 +791,18 @@ pub async fn train(
         recipe.train.seed,
         trainer.evaluate_episodes(&splits.test).await?,
     )?;
+    // The whole run's records, the part before a resumption included.
+    let history = read_metrics_log(&metrics)?;
     let alarm = HackingAlarm::new(AlarmConfig::default());
-    let alarms = alarm.scan(trainer.history());
+    let alarms = alarm.scan(&history.steps);
     let files = Report::new(format!("mtrl train: {}", recipe.data.domain))
-        .history(trainer.history())
+        .history(&history.steps)
+        .resumptions(&history.resumptions)
         .alarms(alarms.clone())
         .write(recipe.out.join("report"))?;
-    Ok(vec![
-        before,
-        after,
+    let mut lines = before;
+    lines.push(after);
+    lines.extend([
         format!(
             "reward-hacking and collapse alarms: {}",
             if alarms.is_empty() {
@@ -559,7 +820,76 @@ pub async fn train(
         format!("episodes: {}", eval_dir.display()),
         format!("report: {}", files.html.display()),
         format!("checkpoint: {}", checkpoint.display()),
-    ])
+    ]);
+    Ok(lines)
+}
+
+/// The evaluation records `mtrl train` kept as `dir/<name>.jsonl`.
+fn read_records(dir: &Path, name: &str) -> Result<Vec<EvalRecord>, Box<dyn std::error::Error>> {
+    let path = dir.join(format!("{name}.jsonl"));
+    let file = std::fs::File::open(&path)
+        .map_err(|e| format!("{}: {e} (kept by the run being resumed)", path.display()))?;
+    Ok(mtrl_core::read_jsonl(std::io::BufReader::new(file))
+        .map_err(|e| format!("{}: {e}", path.display()))?)
+}
+
+/// The `[sft]` warm start: the oracle's demonstrations of the first training tasks, kept where
+/// the strict evaluator passes them, then [`Trainer::sft`]; its per-update metrics go to
+/// `sft_metrics.jsonl`.
+async fn warm_start(
+    recipe: &Recipe,
+    sft: &SftSpec,
+    trainer: &mut Trainer<CandleAgent, mtrl_env::sop_bench::SopBenchFactory>,
+    demonstrator: &Demonstrator<CanonicalAgent>,
+    factory: &mtrl_env::sop_bench::SopBenchFactory,
+    limits: &Limits,
+    splits: &Splits,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let n = sft.demonstrations.unwrap_or(splits.train.len());
+    let tasks = &splits.train[..n.min(splits.train.len())];
+    let t = Instant::now();
+    let demos: Vec<Trajectory> = RolloutDriver::new(limits.clone())
+        .with_seed(derive_seed(recipe.train.seed, "demonstrations", 0))
+        .run_batch(demonstrator, factory, tasks, 1)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let records = evaluate_all(&FinalOutputEvaluator::new(), tasks, &demos).await?;
+    let kept: Vec<Trajectory> = demos
+        .into_iter()
+        .zip(&records)
+        .filter(|(_, r)| r.evaluation.success)
+        .map(|(t, _)| t)
+        .collect();
+    say(&format!(
+        "SFT: {} of {} oracle demonstrations pass the strict evaluator under the rollout limits",
+        kept.len(),
+        tasks.len()
+    ));
+    if kept.is_empty() {
+        return Err(
+            "[sft]: no oracle demonstration passes within the rollout limits (raise \
+                    rollout.max_turns or rollout.max_tokens_per_turn)"
+                .into(),
+        );
+    }
+    let log = trainer.sft(&kept, sft.epochs, sft.batch, sft.lr)?;
+    let mut sink = JsonlSink::create(recipe.out.join("sft_metrics.jsonl"))?;
+    for m in &log {
+        sink.write(m)?;
+    }
+    let loss = log
+        .last()
+        .and_then(|m| m.get(mtrl_eval::monitor::names::TRAIN_LOSS))
+        .unwrap_or(f64::NAN);
+    say(&format!(
+        "SFT: {} epochs, {} updates, final loss {loss:.3} ({:.0} s)",
+        sft.epochs,
+        log.len(),
+        t.elapsed().as_secs_f64()
+    ));
+    Ok(())
 }
 
 /// `mtrl eval`: strict TSR of the recipe's policy (resumed from `checkpoint` when given) on
@@ -598,6 +928,7 @@ pub async fn eval(
     let Assembled {
         mut trainer,
         splits,
+        ..
     } = assemble(recipe, domain, splits)?;
     if let Some(dir) = checkpoint {
         say(&format!("resuming the policy from {}", dir.display()));

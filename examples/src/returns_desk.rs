@@ -203,7 +203,8 @@ pub fn answer_text(decision: &str) -> String {
 }
 
 /// How a demonstrator picks its decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Decisions {
     /// At random, seeded by the episode: the demonstrations teach the procedure only.
     Random,

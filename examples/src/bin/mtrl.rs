@@ -69,19 +69,37 @@ struct QuickstartArgs {
     /// SFT alone reaches when the demonstrations carry the decision logic).
     #[arg(long)]
     correct_demos: bool,
+    /// One episode at a time, each decoded alone without the prefix cache: slower, but two
+    /// runs of a seed on the same thread count (or a run and its `--resume`) agree bit for bit.
+    #[arg(long)]
+    deterministic: bool,
+    /// Continue the run in `--out` (killed or stopped during GRPO) from its latest complete
+    /// checkpoint, with the options it saved; it ends where the uninterrupted run ends.
+    #[arg(
+        long,
+        conflicts_with_all = [
+            "smoke", "steps", "seed", "sft_epochs", "lr", "demos", "kl", "force", "correct_demos",
+            "deterministic"
+        ]
+    )]
+    resume: bool,
 }
 
 #[derive(clap::Args)]
 struct TrainArgs {
     /// The recipe (see `examples/recipes/`).
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required_unless_present = "resume")]
+    config: Option<PathBuf>,
     /// Overrides, `section.key=value` (the value read as TOML, else as a string); repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
     /// Replace the outputs of an earlier run in the recipe's `out` (refused otherwise).
     #[arg(long)]
     force: bool,
+    /// Continue the run whose outputs are in DIR (its `out`) from its latest complete
+    /// checkpoint, with the recipe saved there; it ends where the uninterrupted run ends.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "overrides", "force"])]
+    resume: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -392,14 +410,27 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn run_train(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let recipe = mtrl_examples::recipe::Recipe::load(&args.config, &args.overrides)?;
-    eprintln!(
-        "[mtrl] recipe {} ({} override(s)); outputs go to {}",
-        args.config.display(),
-        args.overrides.len(),
-        recipe.out.display()
-    );
-    for line in runtime()?.block_on(mtrl_examples::recipe::train(&recipe, args.force))? {
+    let lines = match (&args.resume, &args.config) {
+        (Some(dir), _) => {
+            eprintln!(
+                "[mtrl] resuming the run in {} with its saved recipe",
+                dir.display()
+            );
+            runtime()?.block_on(mtrl_examples::recipe::resume(dir))?
+        }
+        (None, Some(config)) => {
+            let recipe = mtrl_examples::recipe::Recipe::load(config, &args.overrides)?;
+            eprintln!(
+                "[mtrl] recipe {} ({} override(s)); outputs go to {}",
+                config.display(),
+                args.overrides.len(),
+                recipe.out.display()
+            );
+            runtime()?.block_on(mtrl_examples::recipe::train(&recipe, args.force))?
+        }
+        (None, None) => return Err("mtrl train needs --config or --resume".into()),
+    };
+    for line in lines {
         println!("{line}");
     }
     Ok(())
@@ -471,6 +502,13 @@ fn run_eval(args: EvalArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 fn run_quickstart(args: QuickstartArgs) -> Result<(), Box<dyn std::error::Error>> {
     use mtrl_examples::quickstart::{QuickstartOptions, run_forced};
+    if args.resume {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let report = runtime.block_on(mtrl_examples::quickstart::resume(&args.out))?;
+        return print_quickstart(&report);
+    }
     let mut opts = if args.smoke {
         QuickstartOptions::smoke(args.out)
     } else {
@@ -497,11 +535,18 @@ fn run_quickstart(args: QuickstartArgs) -> Result<(), Box<dyn std::error::Error>
     if args.correct_demos {
         opts.demo_decisions = mtrl_examples::returns_desk::Decisions::Correct;
     }
+    opts.deterministic = args.deterministic;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let report = runtime.block_on(run_forced(&opts, args.force))?;
-    println!("{}", report.table(opts.test_tasks));
+    print_quickstart(&report)
+}
+
+fn print_quickstart(
+    report: &mtrl_examples::quickstart::QuickstartReport,
+) -> Result<(), Box<dyn std::error::Error>> {
+    println!("{}", report.table(report.test_tasks));
     println!(
         "untrained policy: {:.1}%; reward-hacking and collapse alarms: {}",
         100.0 * report.untrained,
@@ -514,6 +559,6 @@ fn run_quickstart(args: QuickstartArgs) -> Result<(), Box<dyn std::error::Error>
     println!("wall time: {:.0} s", report.seconds);
     println!("metrics: {}", report.metrics.display());
     println!("report: {}", report.report.display());
-    println!("checkpoint: {}", opts.out.join("checkpoint").display());
+    println!("checkpoint: {}", report.checkpoint.display());
     Ok(())
 }
