@@ -17,9 +17,7 @@ use mtrl_reward::ExactMatch;
 use mtrl_train::CandleAgent;
 use mtrl_train::engine::EngineConfig;
 use mtrl_train::model::{Architecture, CausalLm, ModelConfig, Params};
-use mtrl_train::rl::{
-    Aggregation, Estimator, PpoClip, TrainConfig, Trainer, checkpoint_dirs, latest_checkpoint,
-};
+use mtrl_train::rl::{Aggregation, Estimator, PpoClip, TrainConfig, Trainer};
 use mtrl_train::sampler::SamplingParams;
 
 use crate::episodes;
@@ -325,16 +323,6 @@ enum Start {
     Resume,
 }
 
-/// The evaluation records kept as `out/eval/<name>.jsonl`, as successes.
-fn kept(out: &Path, name: &str) -> Result<Vec<f64>, Box<dyn std::error::Error>> {
-    let path = out.join("eval").join(format!("{name}.jsonl"));
-    let file = std::fs::File::open(&path)
-        .map_err(|e| format!("{}: {e} (kept by the run being resumed)", path.display()))?;
-    let records: Vec<EvalRecord> = mtrl_core::read_jsonl(std::io::BufReader::new(file))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(episodes::successes(&records))
-}
-
 /// What the quickstart writes under its `out`; a forced run removes them first.
 pub const OUTPUTS: [&str; 8] = [
     "metrics.jsonl",
@@ -467,21 +455,7 @@ async fn run_inner(
     };
 
     let (untrained, sft) = if resuming {
-        let mut candidates = checkpoint_dirs(&checkpoints)?;
-        let last = opts.out.join("checkpoint");
-        if last.is_dir() {
-            candidates.push(last);
-        }
-        let scan = latest_checkpoint(&candidates);
-        for refused in &scan.refused {
-            say(&format!("skipping a checkpoint: {refused}"));
-        }
-        let found = scan.latest.ok_or_else(|| {
-            format!(
-                "no complete checkpoint under {} to resume from; start again with --force",
-                opts.out.display()
-            )
-        })?;
+        let found = episodes::resumable(&opts.out, say)?;
         if opts.kl != 0.0 {
             // The KL reference is the SFT policy: GRPO's starting checkpoint.
             let start = checkpoints.join("step-000000");
@@ -497,7 +471,11 @@ async fn run_inner(
             opts.rl_steps,
             found.dir.display()
         ));
-        (kept(&opts.out, "untrained")?, kept(&opts.out, "sft")?)
+        let eval = opts.out.join("eval");
+        (
+            episodes::successes(&episodes::read(&eval, "untrained")?),
+            episodes::successes(&episodes::read(&eval, "sft")?),
+        )
     } else {
         trainer.set_sink(sink(JsonlSink::create(&metrics_path)?));
         let untrained = keep(

@@ -17,7 +17,7 @@ use mtrl_eval::{Bootstrap, EvalRecord, FinalOutputEvaluator, evaluate_all};
 use mtrl_reward::{ExactMatch, FieldAccuracy, Format, ToolCallValidity, WeightedSum};
 use mtrl_train::engine::EngineConfig;
 use mtrl_train::model::{CausalLm, Lora, LoraConfig, ModelConfig, ModelSource, Precision};
-use mtrl_train::rl::{FoundCheckpoint, TrainConfig, Trainer, checkpoint_dirs, latest_checkpoint};
+use mtrl_train::rl::{TrainConfig, Trainer};
 use mtrl_train::sampler::SamplingParams;
 use mtrl_train::{CandleAgent, Demonstrator};
 use serde::{Deserialize, Serialize};
@@ -668,28 +668,6 @@ pub async fn resume(dir: &Path) -> Result<Vec<String>, Box<dyn std::error::Error
     run(&recipe, true).await
 }
 
-/// The checkpoint a resumed run continues from: the furthest complete one under `out`.
-fn resumable(out: &Path) -> Result<FoundCheckpoint, Box<dyn std::error::Error>> {
-    let mut candidates = checkpoint_dirs(&out.join("checkpoints"))?;
-    let last = out.join("checkpoint");
-    if last.is_dir() {
-        candidates.push(last);
-    }
-    let scan = latest_checkpoint(&candidates);
-    for refused in &scan.refused {
-        say(&format!("skipping a checkpoint: {refused}"));
-    }
-    scan.latest.ok_or_else(|| {
-        format!(
-            "no complete checkpoint under {} to resume from ({} refused); start the run again \
-             with --force",
-            out.display(),
-            scan.refused.len()
-        )
-        .into()
-    })
-}
-
 async fn run(recipe: &Recipe, resuming: bool) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let start = Instant::now();
     let recipe_text = toml::to_string(recipe)?;
@@ -698,7 +676,7 @@ async fn run(recipe: &Recipe, resuming: bool) -> Result<Vec<String>, Box<dyn std
         .licence()
         .check_training(&recipe.data.domain, recipe.data.override_licence)?;
     let found = if resuming {
-        Some(resumable(&recipe.out)?)
+        Some(episodes::resumable(&recipe.out, say)?)
     } else {
         None
     };
@@ -729,13 +707,13 @@ async fn run(recipe: &Recipe, resuming: bool) -> Result<Vec<String>, Box<dyn std
             let mut lines = vec![tsr_line(
                 "before",
                 recipe.train.seed,
-                &read_records(&eval_dir, "before")?,
+                &episodes::read(&eval_dir, "before")?,
             )?];
             if recipe.sft.is_some() {
                 lines.push(tsr_line(
                     "sft",
                     recipe.train.seed,
-                    &read_records(&eval_dir, "sft")?,
+                    &episodes::read(&eval_dir, "sft")?,
                 )?);
             }
             lines
@@ -822,15 +800,6 @@ async fn run(recipe: &Recipe, resuming: bool) -> Result<Vec<String>, Box<dyn std
         format!("checkpoint: {}", checkpoint.display()),
     ]);
     Ok(lines)
-}
-
-/// The evaluation records `mtrl train` kept as `dir/<name>.jsonl`.
-fn read_records(dir: &Path, name: &str) -> Result<Vec<EvalRecord>, Box<dyn std::error::Error>> {
-    let path = dir.join(format!("{name}.jsonl"));
-    let file = std::fs::File::open(&path)
-        .map_err(|e| format!("{}: {e} (kept by the run being resumed)", path.display()))?;
-    Ok(mtrl_core::read_jsonl(std::io::BufReader::new(file))
-        .map_err(|e| format!("{}: {e}", path.display()))?)
 }
 
 /// The `[sft]` warm start: the oracle's demonstrations of the first training tasks, kept where

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use mtrl_core::rollout::{SplitMix64, derive_seed};
-use mtrl_core::{Action, Agent, Finish, Message, Task, ToolSpec, TurnContext};
+use mtrl_core::{Action, Agent, Message, Task, ToolSpec, TurnContext};
 use mtrl_env::{ToolContext, ToolEnvironmentBuilder, ToolEnvironmentFactory, ToolOutput, tool_fn};
 use mtrl_train::toolcall::{Hermes, ToolCallFormat};
 use mtrl_train::{ChatTemplate, Tito, Tokenizer};
@@ -262,7 +262,6 @@ impl Agent for Expert {
                 template: &self.template,
                 format: &Hermes,
             };
-            let prompt = tito.prompt(ctx)?;
             let text = if ctx.turn_index() == 0 {
                 call_text()
             } else {
@@ -272,10 +271,7 @@ impl Agent for Expert {
                     Decisions::Correct => decision_from_record(ctx.messages).unwrap_or_else(random),
                 })
             };
-            let mut ids = self.tokenizer.encode(&text)?;
-            ids.extend(self.tokenizer.stop_ids().first().copied());
-            let logprobs = vec![0.0; ids.len()];
-            tito.action(ctx, prompt, ids, logprobs, None, Finish::Stop)
+            tito.scripted(ctx, &text, self.tokenizer.stop_ids().first().copied())
         };
         run().map_err(mtrl_core::Error::agent)
     }

@@ -217,6 +217,26 @@ impl Tito<'_> {
         )
     }
 
+    /// The action of a scripted turn that writes `text`, through the same bookkeeping as a
+    /// sampled one: the turn's prompt, then `text` encoded as if sampled (logprob 0) and
+    /// closed with `end` (the end-of-turn token, if any), finished as a stop. How scripted
+    /// agents and demonstrators give the trainer token records.
+    ///
+    /// # Errors
+    /// As [`Tito::prompt`] and [`Tito::action`].
+    pub fn scripted(
+        &self,
+        ctx: &TurnContext<'_>,
+        text: &str,
+        end: Option<u32>,
+    ) -> Result<Action, Error> {
+        let prompt = self.prompt(ctx)?;
+        let mut ids = self.tokenizer.encode(text)?;
+        ids.extend(end);
+        let logprobs = vec![0.0; ids.len()];
+        self.action(ctx, prompt, ids, logprobs, None, Finish::Stop)
+    }
+
     /// The action of a turn that sampled `ids` after `prompt`: the decoded text (without the
     /// stop token), its tool calls, and the token record.
     ///
@@ -365,17 +385,13 @@ impl Agent for ScriptedTokenAgent {
                 template: &self.template,
                 format: self.format.as_ref(),
             };
-            let prompt = tito.prompt(ctx)?;
             let text = self
                 .turns
                 .get(ctx.turn_index())
                 .or(self.turns.last())
-                .cloned()
+                .map(String::as_str)
                 .unwrap_or_default();
-            let mut ids = self.tokenizer.encode(&text)?;
-            ids.extend(self.end_of_turn);
-            let logprobs = vec![0.0; ids.len()];
-            tito.action(ctx, prompt, ids, logprobs, None, Finish::Stop)
+            tito.scripted(ctx, text, self.end_of_turn)
         };
         run().map_err(mtrl_core::Error::agent)
     }

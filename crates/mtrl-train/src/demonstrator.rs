@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use mtrl_core::{Action, Agent, Finish, TurnContext, async_trait};
+use mtrl_core::{Action, Agent, TurnContext, async_trait};
 
 use crate::Error;
 use crate::agent::Tito;
@@ -74,11 +74,7 @@ impl<A: Agent> Agent for Demonstrator<A> {
                 template: &self.template,
                 format: self.format.as_ref(),
             };
-            let prompt = tito.prompt(ctx)?;
-            let mut ids = self.tokenizer.encode(&self.text(&scripted))?;
-            ids.extend(self.end_of_turn);
-            let logprobs = vec![0.0; ids.len()];
-            tito.action(ctx, prompt, ids, logprobs, None, Finish::Stop)
+            tito.scripted(ctx, &self.text(&scripted), self.end_of_turn)
         };
         run().map_err(mtrl_core::Error::agent)
     }
