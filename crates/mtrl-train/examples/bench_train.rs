@@ -56,14 +56,6 @@ fn load(
     Ok(model.with_dtype(dtype)?)
 }
 
-/// The process's peak resident memory (`VmHWM`), on Linux.
-fn peak_rss_gib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / (1024.0 * 1024.0))
-}
-
 /// Seconds per step (median of `steps` after one warm-up step).
 fn time_steps(
     model: &CausalLm,
@@ -183,7 +175,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "lora_r8_qkvo": lora,
         "full_fine_tuning": full,
         "activation_checkpointing": checkpointing,
-        "peak_rss_gib": peak_rss_gib(),
+        "peak_rss_gib": mtrl_train::memory::peak_resident_gib(),
     });
     let text = serde_json::to_string_pretty(&figures)?;
     println!("{text}");

@@ -37,3 +37,12 @@ pub fn retain_freed_memory() -> bool {
         false
     }
 }
+
+/// The process's peak resident memory in GiB (`VmHWM` of `/proc/self/status`), for
+/// benchmarks; `None` where the kernel does not report it (off Linux).
+pub fn peak_resident_gib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / (1024.0 * 1024.0))
+}

@@ -14,14 +14,14 @@
 //! the same gradients.
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Tensor};
 
 use super::lora::Module;
 use super::ops::backward::{
     LowRank, attn_softmax_grad, linear_grads, rms_norm_grads, rope_grad, swiglu_grads,
 };
 use super::weights::Layer;
-use super::{CausalLm, Path, ops};
+use super::{CausalLm, ops};
 use crate::Error;
 
 /// One layer's activations that its backward pass reads, from the forward pass.
@@ -52,7 +52,7 @@ pub(super) struct Saved {
 }
 
 /// Adds `grad` to the gradient of `key` in `store`.
-fn accumulate(store: &mut GradStore, key: &Tensor, grad: Tensor) -> Result<(), Error> {
+pub(super) fn accumulate(store: &mut GradStore, key: &Tensor, grad: Tensor) -> Result<(), Error> {
     let sum = match store.remove(key) {
         Some(prev) => (prev + grad)?,
         None => grad,
@@ -64,153 +64,24 @@ fn accumulate(store: &mut GradStore, key: &Tensor, grad: Tensor) -> Result<(), E
 impl CausalLm {
     /// Whether [`CausalLm::grads`] runs the hand-written backward pass: with the fused ops on
     /// the CPU, where their gradient kernels are.
-    fn manual_backward(&self) -> bool {
+    pub(super) fn manual_backward(&self) -> bool {
         self.ops == ops::OpSet::Fused
             && self.device.is_cpu()
             && self.config.head_dim % 2 == 0
             && matches!(self.dtype, DType::F32 | DType::BF16 | DType::F16)
     }
 
-    /// The gradients of a loss of [`CausalLm::next_token_logprobs`]: `loss` receives the
-    /// logprobs and entropies and returns the scalar to differentiate (or `None` to skip the
-    /// backward pass, for example when it is not finite) with anything it wants returned.
-    /// The gradients, of the trainable parameters ([`CausalLm::trainable`]) only, equal those
-    /// of `loss.backward()` on [`CausalLm::next_token_logprobs`] up to rounding; `None` when
-    /// the backward pass was skipped.
-    ///
-    /// With `checkpointing` (activation checkpointing), the forward pass keeps only each
-    /// layer's input, and the backward pass recomputes one layer at a time, so memory holds
-    /// one layer's activations instead of all of them (what lets a 4,000-token SOP prompt
-    /// train on a CPU).
-    ///
-    /// On the CPU the backward pass through the layers is written by hand over the fused
-    /// ops' gradient kernels, which is faster and lighter than candle's autograd; elsewhere,
-    /// or with [`CausalLm::with_reference_ops`], it is candle's autograd.
-    ///
-    /// # Errors
-    /// As [`CausalLm::next_token_logprobs`], or the error of `loss`.
-    pub fn grads<T>(
-        &self,
-        ids: &Tensor,
-        at: &[(usize, usize)],
-        checkpointing: bool,
-        loss: impl FnOnce(&Tensor, &Tensor) -> Result<(Option<Tensor>, T), Error>,
-    ) -> Result<(T, Option<GradStore>), Error> {
-        let manual = self.manual_backward();
-        if !manual && !checkpointing {
-            let (lp, entropy) = self.next_token_logprobs(ids, at)?;
-            let (scalar, out) = loss(&lp, &entropy)?;
-            let store = scalar.map(|s| s.backward()).transpose()?;
-            return Ok((out, store));
-        }
-        let picks = self.picks(ids, at)?;
-        let (b, t) = ids.dims2()?;
-        // The hand-written pass computes on detached weights and keys the gradients by the
-        // tracked ones; candle's autograd computes on the tracked ones.
-        let keys = &self.train;
-        let forward = if manual { &self.infer } else { keys };
-        let (positions, mask) = self.train_positions(b, t)?;
-        let (cos, sin) = self.rope_tables(&positions, b, t)?;
-        let layer = |l: usize, x: &Tensor, save: bool| {
-            let w = &forward.layers[l];
-            self.layer_parts(Path::Train, w, x, &cos, &sin, mask.as_ref(), None, save)
-        };
-        // Forward: each layer's activations (the hand-written pass without checkpointing), or
-        // only its input, detached (the graph of each layer is dropped at once).
-        let keep_all = manual && !checkpointing;
-        let mut inputs = Vec::with_capacity(forward.layers.len());
-        let mut saved = Vec::with_capacity(forward.layers.len());
-        let mut x = self.embed(forward, ids)?.detach();
-        for l in 0..forward.layers.len() {
-            let (y, s) = layer(l, &x, keep_all)?;
-            if keep_all {
-                saved.push(s);
-            } else {
-                inputs.push(x);
-            }
-            x = y.detach();
-        }
-        let top = Var::from_tensor(&x)?;
-        let normed = self.norm(Path::Train, top.as_tensor(), &keys.norm)?;
-        let (lp, entropy) = self.picked_logprobs(&normed, &picks)?;
-        let (scalar, out) = loss(&lp, &entropy)?;
-        let Some(scalar) = scalar else {
-            return Ok((out, None));
-        };
-        // Each autograd store also holds the gradients of everything it met (the attention
-        // mask's, as large as the attention scores): only the parameters' are kept, summed.
-        let trainable = self.trainable();
-        let mut total = GradStore::default();
-        let keep = |total: &mut GradStore, store: &mut GradStore| -> Result<(), Error> {
-            for (_, var) in &trainable {
-                if let Some(g) = store.remove(var.as_tensor()) {
-                    accumulate(total, var.as_tensor(), g)?;
-                }
-            }
-            Ok(())
-        };
-        let mut store = scalar.backward()?;
-        let mut upstream = store.remove(top.as_tensor());
-        keep(&mut total, &mut store)?;
-        drop(store);
-        // Backward, one layer at a time.
-        for l in (0..forward.layers.len()).rev() {
-            let Some(g) = upstream else { break };
-            if !manual {
-                // Recompute the layer from its input and pull the gradient arriving at its
-                // output through it (d/dθ of Σ y·g is g's pull-back).
-                let xv = Var::from_tensor(&inputs[l])?;
-                let (y, _) = layer(l, xv.as_tensor(), false)?;
-                let mut store = (y * g)?.sum_all()?.backward()?;
-                upstream = store.remove(xv.as_tensor());
-                keep(&mut total, &mut store)?;
-                continue;
-            }
-            let s = match saved.pop().flatten() {
-                Some(s) => s,
-                None => match layer(l, &inputs[l], true)?.1 {
-                    Some(s) => s,
-                    None => return Err(Error::Weights("a layer kept no activations".into())),
-                },
-            };
-            let (w, k) = (&forward.layers[l], &keys.layers[l]);
-            upstream = Some(self.layer_backward(w, k, &s, &g, &cos, &sin, &mut total)?);
-        }
-        if let (Some(g), true) = (upstream, keys.embed.is_variable()) {
-            // The embedding's gradient: each row's gradient added into its token's row, on top
-            // of the tied output projection's gradient where there is one (no zeroed table and
-            // no second pass to sum the two).
-            let (vocab, h) = keys.embed.dims2()?;
-            let rows = ids.flatten_all()?;
-            let g = g.reshape((b * t, h))?.to_dtype(keys.embed.dtype())?;
-            let base = match total.remove(&keys.embed) {
-                Some(tied) => tied,
-                None => Tensor::zeros((vocab, h), g.dtype(), g.device())?,
-            };
-            total.insert(&keys.embed, base.index_add(&rows, &g, 0)?);
-        }
-        Ok((out, Some(total)))
-    }
-
-    /// [`CausalLm::grads`] with activation checkpointing.
-    ///
-    /// # Errors
-    /// As [`CausalLm::grads`].
-    pub fn checkpointed_grads<T>(
-        &self,
-        ids: &Tensor,
-        at: &[(usize, usize)],
-        loss: impl FnOnce(&Tensor, &Tensor) -> Result<(Option<Tensor>, T), Error>,
-    ) -> Result<(T, Option<GradStore>), Error> {
-        self.grads(ids, at, true, loss)
-    }
-
     /// One layer's backward pass: given the gradient `g [batch, time, hidden]` at its output,
     /// adds its trainable parameters' gradients to `total` (keyed by the tracked weights in
     /// `keys`) and returns the gradient at its input. `w` holds the detached weights that
     /// computed `s`.
+    ///
+    /// Prefix sharing ([`super::passes`]): when the first `shared` key/value slots of `s` are a
+    /// shared prefix's, their gradients, summed over the rows, are returned too (`[1,
+    /// kv_heads, shared, head_dim]`, keys after RoPE); `extra` adds such gradients, from the
+    /// rows that continue this layer's input, to its own keys and values.
     #[allow(clippy::too_many_arguments)]
-    fn layer_backward(
+    pub(super) fn layer_backward(
         &self,
         w: &Layer,
         keys: &Layer,
@@ -219,7 +90,9 @@ impl CausalLm {
         cos: &Tensor,
         sin: &Tensor,
         total: &mut GradStore,
-    ) -> Result<Tensor, Error> {
+        shared: usize,
+        extra: Option<(Tensor, Tensor)>,
+    ) -> Result<LayerGrads, Error> {
         let c = &self.config;
         let (b, t, h) = s.x.dims3()?;
         let n = b * t;
@@ -284,6 +157,11 @@ impl CausalLm {
         let d_scores = attn_softmax_grad(&s.probs, &d_probs, scale)?;
         let dq = d_scores.matmul(&s.k)?.reshape((b, nh, t, hd))?;
         let dk = d_scores.t()?.matmul(&s.q)?;
+        let (dk, dv, to_prefix) = split_shared(dk, dv, shared, t)?;
+        let (dk, dv) = match extra {
+            Some((ek, ev)) => ((dk + ek)?, (dv + ev)?),
+            None => (dk, dv),
+        };
         let mut dq = rope_grad(&dq, cos, sin)?.transpose(1, 2)?;
         let mut dk = rope_grad(&dk, cos, sin)?.transpose(1, 2)?;
         if let (Some((q_pre, k_pre)), Some(qn), Some(kn)) = (&s.pre_norm, &w.q_norm, &w.k_norm) {
@@ -328,6 +206,42 @@ impl CausalLm {
         if let Some(dw) = dw {
             accumulate(total, &keys.attn_norm, dw)?;
         }
-        Ok((d_mid + dx)?)
+        Ok(LayerGrads {
+            x: (d_mid + dx)?,
+            prefix: to_prefix,
+        })
     }
+}
+
+/// A layer's backward pass's results.
+pub(super) struct LayerGrads {
+    /// The gradient at the layer's input.
+    pub x: Tensor,
+    /// The gradients of a shared prefix's keys and values, summed over the rows.
+    pub prefix: Option<(Tensor, Tensor)>,
+}
+
+/// Splits the key and value gradients `[batch, kv_heads, shared + t, head_dim]` into the rows'
+/// own `[batch, kv_heads, t, head_dim]` and the shared prefix's, summed over the rows (in f32).
+#[allow(clippy::type_complexity)]
+fn split_shared(
+    dk: Tensor,
+    dv: Tensor,
+    shared: usize,
+    t: usize,
+) -> Result<(Tensor, Tensor, Option<(Tensor, Tensor)>), Error> {
+    if shared == 0 {
+        return Ok((dk, dv, None));
+    }
+    let part = |d: &Tensor| -> Result<(Tensor, Tensor), Error> {
+        let prefix = d
+            .narrow(2, 0, shared)?
+            .to_dtype(DType::F32)?
+            .sum_keepdim(0)?
+            .to_dtype(d.dtype())?;
+        Ok((prefix, d.narrow(2, shared, t)?.contiguous()?))
+    };
+    let (pk, dk) = part(&dk)?;
+    let (pv, dv) = part(&dv)?;
+    Ok((dk, dv, Some((pk, pv))))
 }

@@ -21,6 +21,7 @@ mod config;
 mod load;
 mod lora;
 mod ops;
+mod passes;
 mod precision;
 mod skinny;
 mod weights;
@@ -32,6 +33,7 @@ pub use config::{Architecture, ModelConfig};
 pub use load::{LoadedModel, ModelSource};
 use lora::Adapter;
 pub use lora::{Lora, LoraConfig, Module, peft_name};
+use passes::Picks;
 pub use precision::Precision;
 pub use weights::Params;
 use weights::{Layer, Weights};
@@ -62,6 +64,9 @@ pub struct CausalLm {
     version: std::sync::atomic::AtomicU64,
     /// The fused ops, or the composed reference ([`CausalLm::with_reference_ops`]).
     ops: ops::OpSet,
+    /// Whether the scoring and gradient passes compute a batch's common prefix once
+    /// ([`CausalLm::with_prefix_sharing`]).
+    share_prefix: bool,
 }
 
 impl CausalLm {
@@ -103,6 +108,7 @@ impl CausalLm {
             dtype,
             version: std::sync::atomic::AtomicU64::new(0),
             ops: ops::OpSet::Fused,
+            share_prefix: true,
         })
     }
 
@@ -134,10 +140,22 @@ impl CausalLm {
         let params = self.params.to_dtype(dtype)?;
         let mut out = CausalLm::new(self.config, params, &self.device)?;
         out.ops = self.ops;
+        out.share_prefix = self.share_prefix;
         if let Some(lora) = self.lora {
             out = out.with_lora(lora)?;
         }
         Ok(out)
+    }
+
+    /// The model computing the longest common prefix of a batch's rows once in its scoring and
+    /// gradient passes (`on`, the default: [`CausalLm::grads`],
+    /// [`CausalLm::next_token_logprobs_detached`]), or every row whole (`off`: the reference
+    /// that tests and benchmarks compare against). The samples of a GRPO group share their
+    /// prompt token for token, so with sharing a group of 8 computes its 2,500-token prompt
+    /// once instead of 8 times; the logprobs and gradients are the same up to rounding.
+    pub fn with_prefix_sharing(mut self, on: bool) -> Self {
+        self.share_prefix = on;
+        self
     }
 
     /// The compute dtype: the parameters' and the activations'.
@@ -229,6 +247,7 @@ impl CausalLm {
         let params = Params::from_tensors(tensors, &self.device)?.to_dtype(self.dtype)?;
         let mut out = CausalLm::new(self.config.clone(), params, &self.device)?;
         out.ops = self.ops;
+        out.share_prefix = self.share_prefix;
         Ok(out)
     }
 
@@ -420,54 +439,20 @@ impl CausalLm {
         ids: &Tensor,
         at: &[(usize, usize)],
     ) -> Result<(Tensor, Tensor), Error> {
-        let picks = self.picks(ids, at)?;
+        // Every row whole, on candle's autograd: the reference the shared passes are checked
+        // against.
+        let layout = self.layout(ids, None, at, false)?;
         let x = self.hidden_train(ids)?;
-        self.picked_logprobs(&x, &picks)
-    }
-
-    /// [`CausalLm::next_token_logprobs`] without gradients, one layer's activations in memory
-    /// at a time: the same values, bit for bit, for the passes that only read them (old-policy
-    /// and reference logprobs), which would otherwise hold every layer's activations until
-    /// the result is dropped.
-    ///
-    /// # Errors
-    /// As [`CausalLm::next_token_logprobs`].
-    pub fn next_token_logprobs_detached(
-        &self,
-        ids: &Tensor,
-        at: &[(usize, usize)],
-    ) -> Result<(Tensor, Tensor), Error> {
-        let (out, _) = self.checkpointed_grads(ids, at, |lp, entropy| {
-            Ok((None, (lp.detach(), entropy.clone())))
-        })?;
-        Ok(out)
-    }
-
-    /// Flat rows and target ids of the `(row, position)` pairs `at` of `ids [batch, time]`.
-    fn picks(&self, ids: &Tensor, at: &[(usize, usize)]) -> Result<Picks, Error> {
-        let (b, t) = ids.dims2()?;
-        let flat_ids = ids.flatten_all()?.to_vec1::<u32>()?;
-        let mut rows = Vec::with_capacity(at.len());
-        let mut targets = Vec::with_capacity(at.len());
-        for &(r, p) in at {
-            if r >= b || p + 1 >= t {
-                return Err(Error::Weights(format!(
-                    "position ({r}, {p}) has no next token in a [{b}, {t}] batch"
-                )));
-            }
-            rows.push((r * t + p) as u32);
-            targets.push(flat_ids[r * t + p + 1]);
-        }
-        Ok(Picks { rows, targets })
-    }
-
-    /// The logprobs of the picked targets from final hidden states `x [batch, time, hidden]`,
-    /// and the (detached) entropies there.
-    fn picked_logprobs(&self, x: &Tensor, picks: &Picks) -> Result<(Tensor, Tensor), Error> {
         let (b, t, h) = x.dims3()?;
+        self.picked_logprobs(&x.reshape((b * t, h))?, layout.picks())
+    }
+
+    /// The logprobs of the picked targets from final hidden states `x [rows, hidden]`, and the
+    /// (detached) entropies there.
+    fn picked_logprobs(&self, x: &Tensor, picks: &Picks) -> Result<(Tensor, Tensor), Error> {
         let n = picks.rows.len();
         let rows = Tensor::from_vec(picks.rows.clone(), n, &self.device)?;
-        let picked = x.reshape((b * t, h))?.index_select(&rows, 0)?;
+        let picked = x.index_select(&rows, 0)?;
         let logits = self
             .project(Path::Train, &picked, &self.train.lm_head, None)?
             .to_dtype(DType::F32)?;
@@ -490,13 +475,15 @@ impl CausalLm {
         mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor, Error> {
-        Ok(self
-            .layer_parts(path, w, x, cos, sin, mask, cache, false)?
-            .0)
+        let keys = match cache {
+            Some((cache, l)) => Keys::Cache(cache, l),
+            None => Keys::Own,
+        };
+        Ok(self.layer_parts(path, w, x, cos, sin, mask, keys, false)?.y)
     }
 
-    /// One decoder layer; with `save`, also the activations that its backward pass reads
-    /// ([`backward::Saved`]).
+    /// One decoder layer attending to `keys`; with `save`, also the activations that its
+    /// backward pass reads ([`backward::Saved`]).
     #[allow(clippy::too_many_arguments)]
     fn layer_parts(
         &self,
@@ -506,9 +493,9 @@ impl CausalLm {
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        cache: Option<(&mut KvCache, usize)>,
+        keys: Keys<'_>,
         save: bool,
-    ) -> Result<(Tensor, Option<backward::Saved>), Error> {
+    ) -> Result<LayerOut, Error> {
         let c = &self.config;
         let (b, t, h) = x.dims3()?;
         let (nh, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
@@ -538,9 +525,17 @@ impl CausalLm {
         let q = self.rope(path, &q.transpose(1, 2)?.contiguous()?, cos, sin)?;
         let k = self.rope(path, &k.transpose(1, 2)?.contiguous()?, cos, sin)?;
         let v = v.transpose(1, 2)?.contiguous()?;
-        let (k, v) = match cache {
-            Some((cache, l)) => cache.append(l, &k, &v)?,
-            None => (k, v),
+        let own = (k.clone(), v.clone());
+        let (k, v) = match keys {
+            Keys::Own => (k, v),
+            Keys::Cache(cache, l) => cache.append(l, &k, &v)?,
+            Keys::After(pk, pv) => {
+                // The prefix's slots first, the same for every row.
+                let shape = (b, kvh, pk.dim(2)?, hd);
+                let pk = pk.broadcast_as(shape)?.contiguous()?;
+                let pv = pv.broadcast_as(shape)?.contiguous()?;
+                (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?)
+            }
         };
         // Grouped-query attention without copying k and v: the query heads that share a
         // key/value head are stacked along time.
@@ -582,7 +577,7 @@ impl CausalLm {
             up,
             act,
         });
-        Ok((y, saved))
+        Ok(LayerOut { y, saved, kv: own })
     }
 
     fn norm(&self, path: Path, x: &Tensor, w: &Tensor) -> Result<Tensor, Error> {
@@ -647,8 +642,23 @@ fn parse_projection(name: &str) -> Option<(usize, Module)> {
         .map(|m| (layer, m))
 }
 
-/// Flat rows and next-token targets picked for the output layer.
-struct Picks {
-    rows: Vec<u32>,
-    targets: Vec<u32>,
+/// What a layer's attention reads besides the keys and values of its own input.
+enum Keys<'a> {
+    /// Nothing: its own only.
+    Own,
+    /// A decoding cache's, for this layer, extended with its own.
+    Cache(&'a mut KvCache, usize),
+    /// A shared prefix's `[1, kv_heads, prefix, head_dim]` (after RoPE), before its own.
+    After(&'a Tensor, &'a Tensor),
+}
+
+/// A decoder layer's output.
+struct LayerOut {
+    /// The output `[batch, time, hidden]`.
+    y: Tensor,
+    /// The activations its backward pass reads, when asked for.
+    saved: Option<backward::Saved>,
+    /// Its own keys (after RoPE) and values `[batch, kv_heads, time, head_dim]`, for rows
+    /// that continue it ([`Keys::After`]).
+    kv: (Tensor, Tensor),
 }
