@@ -1,8 +1,12 @@
-//! The quickstart: a small policy trained from scratch on the bundled [`returns_desk`]
-//! domain, offline — audit, a short SFT warm start on demonstrations that teach the procedure
-//! but not the decision, then GRPO — and a table of strict held-out TSR with 95% confidence
-//! intervals for the most-common-answer baseline, the SFT-only checkpoint and the GRPO
-//! checkpoint, plus the paired gain of GRPO over SFT.
+//! The quickstart: a policy trained on the bundled [`returns_desk`] domain, offline — audit, an
+//! SFT warm start on demonstrations that teach the procedure but not the decision (only where
+//! the untrained policy scores under 5%), then GRPO — and a table of strict held-out TSR with
+//! 95% confidence intervals for the untrained policy, the most-common-answer baseline, the
+//! SFT-only checkpoint and the GRPO checkpoint, plus GRPO's paired gains over each.
+//!
+//! Two policies ([`PolicyModel`]): a small one trained from scratch with the domain's own
+//! tokenizer (the default, 1–2 minutes), and SmolLM2-135M-Instruct from the model cache with
+//! LoRA, its own tokenizer and chat template (`--model smollm2`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,158 +18,21 @@ use mtrl_core::{Task, Trajectory};
 use mtrl_eval::monitor::{AlarmConfig, HackingAlarm, JsonlSink, Report, read_metrics_log};
 use mtrl_eval::{Bootstrap, Estimate, EvalRecord, FinalOutputEvaluator};
 use mtrl_reward::ExactMatch;
-use mtrl_train::CandleAgent;
 use mtrl_train::engine::EngineConfig;
-use mtrl_train::model::{Architecture, CausalLm, ModelConfig, Params};
-use mtrl_train::rl::{Aggregation, Estimator, PpoClip, TrainConfig, Trainer};
+use mtrl_train::model::{
+    Architecture, CausalLm, Lora, LoraConfig, ModelConfig, ModelSource, Module, Params,
+};
+use mtrl_train::rl::Trainer;
 use mtrl_train::sampler::SamplingParams;
+use mtrl_train::{CandleAgent, ChatTemplate, Tokenizer};
 
 use crate::episodes;
 use crate::progress::ProgressSink;
-use crate::returns_desk::{self, Decisions, Expert};
+use crate::returns_desk::{self, Expert};
 
-/// The sizes of a quickstart run.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QuickstartOptions {
-    /// Where the metrics, report and checkpoint go.
-    pub out: PathBuf,
-    /// Seeds everything.
-    pub seed: u64,
-    /// Training tasks (demonstrations and RL draw from them).
-    pub train_tasks: usize,
-    /// Validation tasks (checked during RL).
-    pub val_tasks: usize,
-    /// Held-out test tasks (the table).
-    pub test_tasks: usize,
-    /// Demonstrations for the SFT warm start.
-    pub demonstrations: usize,
-    /// SFT passes over the demonstrations.
-    pub sft_epochs: usize,
-    /// GRPO steps.
-    pub rl_steps: usize,
-    /// Tasks per GRPO step.
-    pub tasks_per_step: usize,
-    /// Samples per task.
-    pub group_size: usize,
-    /// The peak learning rate of the SFT warm start.
-    pub sft_lr: f64,
-    /// The learning rate of GRPO.
-    pub lr: f64,
-    /// The KL coefficient to the SFT checkpoint during GRPO (0: none).
-    pub kl: f64,
-    /// How the demonstrations decide (random by default: SFT teaches the procedure only).
-    pub demo_decisions: Decisions,
-    /// Checkpoint GRPO every this many steps under `checkpoints/` (and its start, after SFT),
-    /// so that a killed run resumes (`mtrl quickstart --resume`); 0: only the final one.
-    pub checkpoint_every: usize,
-    /// One episode at a time, each decoded alone without the prefix cache
-    /// ([`EngineConfig::deterministic`]): slower, but two runs of a seed on the same thread
-    /// count (or a run and its resumption) agree bit for bit.
-    #[serde(default)]
-    pub deterministic: bool,
-}
+mod options;
 
-impl QuickstartOptions {
-    /// The full run.
-    pub fn full(out: PathBuf) -> Self {
-        Self {
-            out,
-            seed: 7,
-            train_tasks: 480,
-            val_tasks: 64,
-            test_tasks: 160,
-            demonstrations: 96,
-            sft_epochs: 24,
-            rl_steps: 120,
-            tasks_per_step: 8,
-            group_size: 8,
-            sft_lr: 3e-3,
-            lr: 1e-3,
-            kl: 0.0,
-            demo_decisions: Decisions::Random,
-            checkpoint_every: 20,
-            deterministic: false,
-        }
-    }
-
-    /// The GRPO trainer's settings.
-    pub fn train_config(&self) -> TrainConfig {
-        let mut config = TrainConfig {
-            seed: self.seed,
-            steps: self.rl_steps,
-            tasks_per_step: self.tasks_per_step,
-            group_size: self.group_size,
-            updates_per_step: 1,
-            micro_batch: 32,
-            max_grad_norm: 1.0,
-            estimator: Estimator::Grpo,
-            loss: PpoClip {
-                kl_coef: self.kl,
-                ..PpoClip::default()
-            },
-            aggregation: Aggregation::TokenMean,
-            recompute_old_logprobs: false,
-            eval_every: 20,
-            checkpoint_every: self.checkpoint_every,
-            concurrency: 128,
-            ..TrainConfig::default()
-        };
-        config.optimizer.lr = self.lr;
-        if self.deterministic {
-            config.concurrency = 1;
-        }
-        config
-    }
-
-    /// Checks the options before the quickstart writes anything.
-    ///
-    /// # Errors
-    /// The first option out of range, named as on the command line.
-    pub fn check(&self) -> Result<(), String> {
-        let at_least_one = [
-            ("train_tasks", self.train_tasks),
-            ("test_tasks", self.test_tasks),
-            ("--demos", self.demonstrations),
-        ];
-        for (name, v) in at_least_one {
-            if v == 0 {
-                return Err(format!("{name} must be at least 1"));
-            }
-        }
-        if self.demonstrations > self.train_tasks {
-            return Err(format!(
-                "--demos {} is more than the {} training tasks",
-                self.demonstrations, self.train_tasks
-            ));
-        }
-        for (name, v) in [("--lr", self.lr), ("sft_lr", self.sft_lr)] {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(format!("{name} {v} must be a positive number"));
-            }
-        }
-        if !(self.kl.is_finite() && self.kl >= 0.0) {
-            return Err(format!("--kl {} must be a number ≥ 0", self.kl));
-        }
-        self.train_config().validate().map_err(|e| e.to_string())
-    }
-
-    /// A smoke run (CI): every stage, a couple of steps.
-    pub fn smoke(out: PathBuf) -> Self {
-        Self {
-            train_tasks: 48,
-            val_tasks: 8,
-            test_tasks: 16,
-            demonstrations: 8,
-            sft_epochs: 1,
-            rl_steps: 2,
-            tasks_per_step: 2,
-            group_size: 4,
-            checkpoint_every: 1,
-            ..Self::full(out)
-        }
-    }
-}
+pub use options::{PolicyModel, QuickstartOptions};
 
 /// One row of the table.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,14 +46,17 @@ pub struct Row {
 /// What a quickstart run measured.
 #[derive(Debug, Clone)]
 pub struct QuickstartReport {
-    /// Baseline, SFT-only and GRPO.
+    /// The policy trained.
+    pub model: PolicyModel,
+    /// Untrained, most common answer, SFT only (when the warm start ran) and the trained policy.
     pub rows: Vec<Row>,
-    /// GRPO − SFT, paired over the test tasks, with its 95% interval.
-    pub gain_over_sft: Estimate,
-    /// GRPO − the most-common-answer baseline, paired.
-    pub gain_over_baseline: Estimate,
+    /// The trained policy's gains, paired over the test tasks, with their 95% intervals: over
+    /// the untrained policy, over SFT (when the warm start ran) and over the most common answer.
+    pub gains: Vec<Row>,
     /// The untrained policy's TSR (measured before anything else).
     pub untrained: f64,
+    /// Whether the SFT warm start ran (it runs where the untrained policy scores under 5%).
+    pub warm_start: bool,
     /// Alarms the reward-hacking monitor raised (empty when silent).
     pub alarms: Vec<String>,
     /// The audit's findings (empty when the domain passed).
@@ -206,7 +76,10 @@ pub struct QuickstartReport {
 impl QuickstartReport {
     /// The printed table.
     pub fn table(&self, tasks: usize) -> String {
-        let mut out = format!("strict TSR on {tasks} held-out tasks (95% bootstrap CI)\n");
+        let mut out = format!(
+            "{}: strict TSR on {tasks} held-out tasks (95% bootstrap CI)\n",
+            self.model.as_str()
+        );
         for r in &self.rows {
             out.push_str(&format!(
                 "  {:<34} {:>5.1}%  [{:>5.1}, {:>5.1}]\n",
@@ -216,21 +89,23 @@ impl QuickstartReport {
                 100.0 * r.tsr.high
             ));
         }
-        for (name, g) in [
-            ("GRPO - SFT (paired)", &self.gain_over_sft),
-            ("GRPO - most common (paired)", &self.gain_over_baseline),
-        ] {
+        for g in &self.gains {
             out.push_str(&format!(
                 "  {:<34} {:>+5.1} pts [{:>+5.1}, {:>+5.1}]\n",
-                name,
-                100.0 * g.value,
-                100.0 * g.low,
-                100.0 * g.high
+                g.name,
+                100.0 * g.tsr.value,
+                100.0 * g.tsr.low,
+                100.0 * g.tsr.high
             ));
         }
         out
     }
 }
+
+/// Under this untrained TSR the SFT warm start runs (the policy cannot yet follow the
+/// procedure's format, so GRPO would see no reward); at or above it, GRPO starts from the
+/// untrained policy.
+pub const WARM_START_BELOW: f64 = 0.05;
 
 /// The policy's shape: a two-layer Llama-style model, about 0.2M parameters.
 pub fn policy_config(vocab: usize) -> ModelConfig {
@@ -250,6 +125,62 @@ pub fn policy_config(vocab: usize) -> ModelConfig {
         attention_bias: false,
         qk_norm: false,
     }
+}
+
+/// The policy of `opts.model`: the network, its tokenizer and chat template.
+fn policy(
+    opts: &QuickstartOptions,
+) -> Result<(CausalLm, Tokenizer, ChatTemplate), Box<dyn std::error::Error>> {
+    Ok(match opts.model {
+        PolicyModel::Tiny => {
+            let (tokenizer, template) = returns_desk::tokenizer_and_template()?;
+            let config = policy_config(tokenizer.vocab_size());
+            let params = Params::random(&config, opts.seed, &Device::Cpu)?;
+            (
+                CausalLm::new(config, params, &Device::Cpu)?,
+                tokenizer,
+                template,
+            )
+        }
+        PolicyModel::Smollm2 => {
+            let loaded =
+                ModelSource::Gguf(mtrl_train::assets::smollm2_gguf()?).load(&Device::Cpu)?;
+            let lora = Lora::new(
+                smollm2_lora(),
+                loaded.model.config(),
+                opts.seed,
+                &Device::Cpu,
+            )?;
+            (
+                loaded.model.with_lora(lora)?,
+                loaded.tokenizer,
+                loaded.template,
+            )
+        }
+    })
+}
+
+/// The LoRA adapters of `--model smollm2`: rank 16 on every projection.
+pub fn smollm2_lora() -> LoraConfig {
+    LoraConfig {
+        rank: 16,
+        alpha: 32.0,
+        targets: Module::ALL.to_vec(),
+    }
+}
+
+/// A line about the policy.
+fn describe(which: PolicyModel, model: &CausalLm) -> String {
+    let c = model.config();
+    let trained: usize = model.trainable().iter().map(|(_, v)| v.elem_count()).sum();
+    let what = match which {
+        PolicyModel::Tiny => "a small model trained from scratch",
+        PolicyModel::Smollm2 => "SmolLM2-135M-Instruct with LoRA",
+    };
+    format!(
+        "{what}: {} layers, width {}, vocabulary {}; {trained} trained parameters",
+        c.num_layers, c.hidden_size, c.vocab_size
+    )
 }
 
 /// Writes the records as JSON Lines under `out/eval/<name>.jsonl` and says what failed.
@@ -371,8 +302,8 @@ async fn run_inner(
     let (val, test) = rest.split_at(opts.val_tasks);
     let (train, val, test) = (train.to_vec(), val.to_vec(), test.to_vec());
     let factory = returns_desk::environments()?;
-    let (tokenizer, template) = returns_desk::tokenizer_and_template()?;
-    let (tokenizer, template) = (Arc::new(tokenizer), Arc::new(template));
+    let (model, tokenizer, template) = policy(opts)?;
+    let (model, tokenizer, template) = (Arc::new(model), Arc::new(tokenizer), Arc::new(template));
     let expert = Expert::new(tokenizer.clone(), template.clone());
     let limits = Limits {
         max_turns: 4,
@@ -405,9 +336,7 @@ async fn run_inner(
         }
     ));
 
-    let config = policy_config(tokenizer.vocab_size());
-    let params = Params::random(&config, opts.seed, &Device::Cpu)?;
-    let model = Arc::new(CausalLm::new(config, params, &Device::Cpu)?);
+    say(&format!("policy: {}", describe(opts.model, &model)));
     let engine = if opts.deterministic {
         EngineConfig::deterministic()
     } else {
@@ -456,8 +385,15 @@ async fn run_inner(
 
     let (untrained, sft) = if resuming {
         let found = episodes::resumable(&opts.out, say)?;
+        let eval = opts.out.join("eval");
+        let sft = eval
+            .join("sft.jsonl")
+            .exists()
+            .then(|| episodes::read(&eval, "sft"))
+            .transpose()?
+            .map(|records| episodes::successes(&records));
         if opts.kl != 0.0 {
-            // The KL reference is the SFT policy: GRPO's starting checkpoint.
+            // The KL reference is GRPO's starting policy (after SFT, where it ran).
             let start = checkpoints.join("step-000000");
             trainer.resume(&start)?;
             trainer.set_reference(Arc::new(model.merged()?));
@@ -471,10 +407,9 @@ async fn run_inner(
             opts.rl_steps,
             found.dir.display()
         ));
-        let eval = opts.out.join("eval");
         (
             episodes::successes(&episodes::read(&eval, "untrained")?),
-            episodes::successes(&episodes::read(&eval, "sft")?),
+            sft,
         )
     } else {
         trainer.set_sink(sink(JsonlSink::create(&metrics_path)?));
@@ -483,16 +418,32 @@ async fn run_inner(
             "untrained",
             trainer.evaluate_episodes(&test).await?,
         )?;
-        let setting = Setting {
-            train: &train,
-            test: &test,
-            factory: &factory,
-            limits: &limits,
-            tokenizer: &tokenizer,
-            template: &template,
+        let untrained_tsr = untrained.iter().sum::<f64>() / untrained.len().max(1) as f64;
+        let sft = if untrained_tsr < WARM_START_BELOW {
+            say(&format!(
+                "the untrained policy scores {:.1}% (under {:.0}%): SFT warm start",
+                100.0 * untrained_tsr,
+                100.0 * WARM_START_BELOW
+            ));
+            let setting = Setting {
+                train: &train,
+                test: &test,
+                factory: &factory,
+                limits: &limits,
+                tokenizer: &tokenizer,
+                template: &template,
+            };
+            let sft = warm_start(opts, &mut trainer, &setting).await?;
+            Some(keep(&opts.out, "sft", sft)?)
+        } else {
+            say(&format!(
+                "the untrained policy scores {:.1}% (at least {:.0}%): no warm start, GRPO \
+                 from the untrained policy",
+                100.0 * untrained_tsr,
+                100.0 * WARM_START_BELOW
+            ));
+            None
         };
-        let sft = warm_start(opts, &mut trainer, &setting).await?;
-        let sft = keep(&opts.out, "sft", sft)?;
         if opts.kl != 0.0 {
             trainer.set_reference(Arc::new(model.merged()?));
         }
@@ -523,20 +474,39 @@ async fn run_inner(
         ..Bootstrap::default()
     };
     let diff = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x - y).collect() };
-    let rows = vec![
+    let trained_name = if sft.is_some() { "SFT + GRPO" } else { "GRPO" };
+    let mut rows = vec![
+        Row {
+            name: "untrained".into(),
+            tsr: boot.estimate(&untrained)?,
+        },
         Row {
             name: format!("most common answer ({common})"),
             tsr: boot.estimate(&baseline)?,
         },
-        Row {
-            name: "SFT only".into(),
-            tsr: boot.estimate(&sft)?,
-        },
-        Row {
-            name: "SFT + GRPO".into(),
-            tsr: boot.estimate(&grpo)?,
-        },
     ];
+    let mut gains = vec![Row {
+        name: format!("{trained_name} - untrained (paired)"),
+        tsr: boot.estimate(&diff(&grpo, &untrained))?,
+    }];
+    if let Some(sft) = &sft {
+        rows.push(Row {
+            name: "SFT only".into(),
+            tsr: boot.estimate(sft)?,
+        });
+        gains.push(Row {
+            name: format!("{trained_name} - SFT (paired)"),
+            tsr: boot.estimate(&diff(&grpo, sft))?,
+        });
+    }
+    rows.push(Row {
+        name: trained_name.into(),
+        tsr: boot.estimate(&grpo)?,
+    });
+    gains.push(Row {
+        name: format!("{trained_name} - most common (paired)"),
+        tsr: boot.estimate(&diff(&grpo, &baseline))?,
+    });
     // The whole run's records, the part before a resumption included.
     let history = read_metrics_log(&metrics_path)?.steps;
     let alarm = HackingAlarm::new(AlarmConfig::default());
@@ -545,15 +515,19 @@ async fn run_inner(
         .iter()
         .map(|a| format!("{} at step {}", a.kind.as_str(), a.step))
         .collect();
-    let files = Report::new("mtrl quickstart: returns_desk")
-        .history(&history)
-        .alarms(raised)
-        .write(opts.out.join("report"))?;
+    let files = Report::new(format!(
+        "mtrl quickstart: returns_desk, {}",
+        opts.model.as_str()
+    ))
+    .history(&history)
+    .alarms(raised)
+    .write(opts.out.join("report"))?;
     Ok(QuickstartReport {
-        gain_over_sft: boot.estimate(&diff(&grpo, &sft))?,
-        gain_over_baseline: boot.estimate(&diff(&grpo, &baseline))?,
+        model: opts.model,
         rows,
+        gains,
         untrained: untrained_tsr,
+        warm_start: sft.is_some(),
         alarms,
         audit_findings,
         seconds: start.elapsed().as_secs_f64(),
@@ -599,7 +573,12 @@ async fn warm_start(
         Expert::new(tokenizer.clone(), template.clone()).deciding(opts.demo_decisions);
     let demos: Vec<Trajectory> = RolloutDriver::new(limits.clone())
         .with_seed(opts.seed)
-        .run_batch(&demonstrator, factory, &demo_tasks, 1)
+        .run_batch(
+            &demonstrator,
+            factory,
+            &demo_tasks,
+            opts.demo_decisions.demonstrations_per_task(),
+        )
         .await
         .into_iter()
         .flatten()

@@ -208,9 +208,27 @@ pub fn answer_text(decision: &str) -> String {
 pub enum Decisions {
     /// At random, seeded by the episode: the demonstrations teach the procedure only.
     Random,
+    /// Each of the three in turn, by the episode's index in its group: a task demonstrated
+    /// [`DECISIONS`]`.len()` times gets each decision once, so the demonstrations hold no
+    /// trace of the decision logic, not even a chance one that SFT could fit (with random
+    /// decisions, a few dozen demonstrations over the record's 24 combinations of fields give
+    /// each combination a majority that a pretrained model learns, and its samples then agree
+    /// within a GRPO group). See [`Decisions::demonstrations_per_task`].
+    Balanced,
     /// By the SOP, from the record the tool returned: a full expert (to show that the policy
     /// can represent the logic, not for the quickstart's warm start).
     Correct,
+}
+
+impl Decisions {
+    /// How many demonstrations of each task these decisions want: one, or one per decision
+    /// for [`Decisions::Balanced`].
+    pub fn demonstrations_per_task(self) -> usize {
+        match self {
+            Self::Balanced => DECISIONS.len(),
+            Self::Random | Self::Correct => 1,
+        }
+    }
 }
 
 /// The demonstrator: the procedure's tool call, then a strict answer, through the same token
@@ -268,6 +286,7 @@ impl Agent for Expert {
                 let random = || pick(&mut SplitMix64::new(ctx.episode.seed), &DECISIONS);
                 answer_text(match self.decisions {
                     Decisions::Random => random(),
+                    Decisions::Balanced => DECISIONS[ctx.episode.index % DECISIONS.len()],
                     Decisions::Correct => decision_from_record(ctx.messages).unwrap_or_else(random),
                 })
             };

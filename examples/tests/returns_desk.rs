@@ -86,7 +86,10 @@ async fn the_quickstart_runs_every_stage() {
     let opts = QuickstartOptions::smoke(out.clone());
     let report = run(&opts).await.unwrap();
     assert!(report.audit_findings.is_empty());
-    assert_eq!(report.rows.len(), 3);
+    // Untrained, most common, SFT only (the untrained policy scores under 5%), SFT + GRPO.
+    assert!(report.warm_start);
+    assert_eq!(report.rows.len(), 4);
+    assert_eq!(report.gains.len(), 3);
     for r in &report.rows {
         assert!((0.0..=1.0).contains(&r.tsr.value));
         assert!(r.tsr.low <= r.tsr.value && r.tsr.value <= r.tsr.high);
@@ -113,5 +116,45 @@ async fn the_quickstart_runs_every_stage() {
     );
     let table = report.table(opts.test_tasks);
     assert!(table.contains("SFT + GRPO") && table.contains("most common answer"));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `mtrl quickstart --model smollm2` in its smoke size: SmolLM2-135M-Instruct from the model
+/// cache, with LoRA, its own tokenizer and chat template, through the untrained evaluation,
+/// the warm-start decision, GRPO steps that update the adapters, and the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smollm2_quickstart_runs_every_stage() {
+    use mtrl_examples::quickstart::PolicyModel;
+    let out = std::env::temp_dir().join(format!("mtrl-quickstart-smollm2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let opts = QuickstartOptions::smoke_of(PolicyModel::Smollm2, out.clone());
+    let report = run(&opts).await.unwrap();
+    assert_eq!(report.model, PolicyModel::Smollm2);
+    assert!(report.audit_findings.is_empty());
+    // The warm start runs exactly where the untrained policy scores under 5%.
+    assert_eq!(
+        report.warm_start,
+        report.untrained < mtrl_examples::quickstart::WARM_START_BELOW
+    );
+    assert_eq!(report.rows.len(), if report.warm_start { 4 } else { 3 });
+    assert_eq!(report.rows[0].name, "untrained");
+    assert!(
+        report
+            .rows
+            .iter()
+            .all(|r| (0.0..=1.0).contains(&r.tsr.value))
+    );
+    let table = report.table(opts.test_tasks);
+    assert!(table.starts_with("smollm2:") && table.contains("- untrained (paired)"));
+    // The adapters are what the checkpoint holds: LoRA, not the 135M base weights.
+    let saved = out.join("checkpoint").join("trainable.safetensors");
+    let size = std::fs::metadata(&saved).unwrap().len();
+    assert!(size > 0 && size < 40 << 20, "{size} bytes: adapters only");
+    let metrics = mtrl_eval::monitor::read_metrics(&report.metrics).unwrap();
+    let steps: Vec<_> = metrics
+        .iter()
+        .filter(|m| m.get("time/rollout_s").is_some())
+        .collect();
+    assert_eq!(steps.len(), opts.rl_steps, "every GRPO step ran");
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -41,6 +41,11 @@ struct QuickstartArgs {
     /// Where the metrics, HTML report and checkpoint go.
     #[arg(long, default_value = "runs/quickstart")]
     out: PathBuf,
+    /// The policy: `tiny`, a small model trained from scratch (1–2 minutes), or `smollm2`,
+    /// SmolLM2-135M-Instruct from the model cache with LoRA (about 16 minutes on 2 cores;
+    /// it does not yet learn the decision: see the README).
+    #[arg(long, default_value = "tiny", value_parser = ["tiny", "smollm2"])]
+    model: String,
     /// A couple of steps of every stage (what CI runs).
     #[arg(long)]
     smoke: bool,
@@ -59,6 +64,15 @@ struct QuickstartArgs {
     /// Demonstrations for the SFT warm start (overrides the default).
     #[arg(long)]
     demos: Option<usize>,
+    /// The peak learning rate of the SFT warm start (overrides the default).
+    #[arg(long)]
+    sft_lr: Option<f64>,
+    /// Tasks per GRPO step (overrides the default).
+    #[arg(long)]
+    tasks_per_step: Option<usize>,
+    /// Samples per task in a GRPO group (overrides the default).
+    #[arg(long)]
+    group_size: Option<usize>,
     /// KL coefficient to the SFT checkpoint during GRPO (overrides the default).
     #[arg(long)]
     kl: Option<f64>,
@@ -78,8 +92,9 @@ struct QuickstartArgs {
     #[arg(
         long,
         conflicts_with_all = [
-            "smoke", "steps", "seed", "sft_epochs", "lr", "demos", "kl", "force", "correct_demos",
-            "deterministic"
+            "model", "smoke", "steps", "seed", "sft_epochs", "lr", "demos", "sft_lr",
+            "tasks_per_step", "group_size", "kl", "force",
+            "correct_demos", "deterministic"
         ]
     )]
     resume: bool,
@@ -509,10 +524,11 @@ fn run_quickstart(args: QuickstartArgs) -> Result<(), Box<dyn std::error::Error>
         let report = runtime.block_on(mtrl_examples::quickstart::resume(&args.out))?;
         return print_quickstart(&report);
     }
+    let model: mtrl_examples::quickstart::PolicyModel = args.model.parse()?;
     let mut opts = if args.smoke {
-        QuickstartOptions::smoke(args.out)
+        QuickstartOptions::smoke_of(model, args.out)
     } else {
-        QuickstartOptions::full(args.out)
+        QuickstartOptions::full_of(model, args.out)
     };
     if let Some(steps) = args.steps {
         opts.rl_steps = steps;
@@ -528,6 +544,15 @@ fn run_quickstart(args: QuickstartArgs) -> Result<(), Box<dyn std::error::Error>
     }
     if let Some(demos) = args.demos {
         opts.demonstrations = demos;
+    }
+    if let Some(lr) = args.sft_lr {
+        opts.sft_lr = lr;
+    }
+    if let Some(n) = args.tasks_per_step {
+        opts.tasks_per_step = n;
+    }
+    if let Some(n) = args.group_size {
+        opts.group_size = n;
     }
     if let Some(kl) = args.kl {
         opts.kl = kl;
@@ -548,8 +573,13 @@ fn print_quickstart(
 ) -> Result<(), Box<dyn std::error::Error>> {
     println!("{}", report.table(report.test_tasks));
     println!(
-        "untrained policy: {:.1}%; reward-hacking and collapse alarms: {}",
+        "untrained policy: {:.1}% ({}); reward-hacking and collapse alarms: {}",
         100.0 * report.untrained,
+        if report.warm_start {
+            "under 5%: SFT warm start"
+        } else {
+            "at least 5%: no warm start"
+        },
         if report.alarms.is_empty() {
             "silent".to_string()
         } else {
