@@ -193,7 +193,14 @@ fn a_killed_quickstart_resumed_ends_bit_for_bit_where_the_uninterrupted_one_ends
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x, y, "step {}", x.step);
     }
-    for start in ["SFT only", "SFT + GRPO", "GRPO - SFT", "untrained policy"] {
+    for start in [
+        "SFT only",
+        "SFT + GRPO ",
+        "SFT + GRPO - untrained",
+        "SFT + GRPO - SFT",
+        "SFT + GRPO - most common",
+        "untrained policy",
+    ] {
         assert!(line(&printed, start).is_some(), "{start}: {printed}");
         assert_eq!(line(&stdout, start), line(&printed, start), "{start}");
     }
