@@ -200,10 +200,15 @@ fn keep(
     let ok = episodes::successes(records);
     say(&format!(
         "{name}: TSR {:.1}% on {} held-out tasks; failures {kinds:?}",
-        100.0 * ok.iter().sum::<f64>() / ok.len().max(1) as f64,
+        100.0 * tsr(&ok),
         ok.len()
     ));
     Ok(ok)
+}
+
+/// The share of successes (1.0 each) among an evaluation's episodes; 0 for none.
+fn tsr(successes: &[f64]) -> f64 {
+    successes.iter().sum::<f64>() / successes.len().max(1) as f64
 }
 
 fn say(text: &str) {
@@ -418,7 +423,7 @@ async fn run_inner(
             "untrained",
             trainer.evaluate_episodes(&test).await?,
         )?;
-        let untrained_tsr = untrained.iter().sum::<f64>() / untrained.len().max(1) as f64;
+        let untrained_tsr = tsr(&untrained);
         let sft = if untrained_tsr < WARM_START_BELOW {
             say(&format!(
                 "the untrained policy scores {:.1}% (under {:.0}%): SFT warm start",
@@ -449,7 +454,7 @@ async fn run_inner(
         }
         (untrained, sft)
     };
-    let untrained_tsr = untrained.iter().sum::<f64>() / untrained.len().max(1) as f64;
+    let untrained_tsr = tsr(&untrained);
 
     let t = Instant::now();
     trainer.run(Some(&checkpoints)).await?;

@@ -575,10 +575,13 @@ fn print_quickstart(
     println!(
         "untrained policy: {:.1}% ({}); reward-hacking and collapse alarms: {}",
         100.0 * report.untrained,
-        if report.warm_start {
-            "under 5%: SFT warm start"
-        } else {
-            "at least 5%: no warm start"
+        {
+            let threshold = 100.0 * mtrl_examples::quickstart::WARM_START_BELOW;
+            if report.warm_start {
+                format!("under {threshold:.0}%: SFT warm start")
+            } else {
+                format!("at least {threshold:.0}%: no warm start")
+            }
         },
         if report.alarms.is_empty() {
             "silent".to_string()
